@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:  make demo   and   make test
+# GPU=1 installs the CUDA build of vLLM (requirements/gpu.txt) instead of the pinned CPU set.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
+
+.PHONY: setup demo test lint format
+setup: $(STAMP)
+
+$(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
+ifdef GPU
+	$(VENV)/bin/pip install --quiet -r requirements/gpu.txt
+else
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements/cpu.lock
+endif
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	$(PY) -m flows.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(PY) -m pytest
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .

@@ -1,0 +1,150 @@
+"""Arrow schemas of every stage's Parquet, and the checks every stage runs on its input and output.
+
+A stage reads with :func:`read_table` and writes with :func:`write_table`; both compare the file
+against the schema here and name the file and the column when they disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+QUESTIONS = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),  # gold answer, as text
+    ]
+)
+
+SAMPLES = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("teacher", pa.string()),
+        ("teacher_fingerprint", pa.string()),
+        ("template", pa.string()),
+        ("granularity", pa.string()),
+        ("cot_format", pa.string()),
+        ("prompt", pa.string()),
+        ("sample_index", pa.int32()),
+        ("rationale", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("temperature", pa.float32()),
+        ("top_p", pa.float32()),
+        ("max_tokens", pa.int32()),
+        ("seed", pa.int64()),
+    ]
+)
+
+# Judged samples: every sample row, with the extracted answer and a verdict ("correct" or a reason).
+JUDGED = SAMPLES.append(pa.field("predicted_answer", pa.string())).append(pa.field("verdict", pa.string()))
+
+# Selected rationales: the correct ones kept for training, with their diversity figures.
+SELECTED = JUDGED.append(pa.field("selection_rank", pa.int32())).append(pa.field("max_similarity", pa.float32()))
+
+# Why a question ended up with fewer than K (or no) rationales.
+SELECTION_OUTCOMES = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("correct", pa.int32()),
+        ("selected", pa.int32()),
+        ("outcome", pa.string()),  # "full", "kept_fewer", "dropped_fewer", "no_correct"
+    ]
+)
+
+# The rejection ledger: one row per rationale that did not reach the training set.
+REJECTIONS = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("question_id", pa.string()),
+        ("teacher", pa.string()),
+        ("sample_index", pa.int32()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+
+ANSWER_SPAN = pa.struct([("start", pa.int32()), ("end", pa.int32())])
+
+# The materialized training set: one row per question with its K rationales and answer spans.
+TRAINSET = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("rationales", pa.list_(pa.string())),
+        ("answer_spans", pa.list_(ANSWER_SPAN)),  # character offsets of the answer in each rationale
+        ("teachers", pa.list_(pa.string())),
+        ("sample_indices", pa.list_(pa.int32())),
+    ]
+)
+
+TRAIN_LOG = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("epoch", pa.int64()),
+        ("loss", pa.float64()),
+        ("cross_entropy", pa.float64()),
+        ("consistency", pa.float64()),
+        ("lr", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+PREDICTIONS = pa.schema(
+    [
+        ("model", pa.string()),
+        ("split", pa.string()),
+        ("question_id", pa.string()),
+        ("question", pa.string()),
+        ("answer", pa.string()),
+        ("generation", pa.string()),
+        ("predicted_answer", pa.string()),
+        ("correct", pa.bool_()),
+        ("finish_reason", pa.string()),
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """A Parquet file or table does not match its stage schema."""
+
+
+def check_schema(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
+    """Return ``table`` with ``schema``'s column order; raise naming ``where`` and the column."""
+    for field in schema:
+        if field.name not in table.column_names:
+            raise SchemaError(f"{where}: missing column {field.name!r} ({field.type})")
+        actual = table.schema.field(field.name).type
+        if actual != field.type:
+            raise SchemaError(f"{where}: column {field.name!r} has type {actual}, expected {field.type}")
+    extra = [c for c in table.column_names if c not in schema.names]
+    if extra:
+        raise SchemaError(f"{where}: unexpected column(s) {extra}")
+    return table.select(schema.names)
+
+
+def read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise SchemaError(f"{path}: not a readable Parquet file ({e})") from e
+    return check_schema(table, schema, str(path))
+
+
+def write_table(rows: list[dict] | pa.Table, path: Path, schema: pa.Schema) -> Path:
+    """Validate and write atomically (temp file then rename), so a reader never sees half a file."""
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+    table = check_schema(table, schema, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,135 @@
+"""Build the demo world's models once, by script: a tokenizer, a teacher, and a pretrained student base.
+
+    python -m mcckd.demo_world.build tokenizer
+    python -m mcckd.demo_world.build teacher --steps 1800
+    python -m mcckd.demo_world.build student-base --steps 600
+
+The teacher is a small LLaMA trained from scratch on worked rationales of every split, in every
+CoT format and granularity, so it solves what it was trained on and writes in several styles. The
+student base is a smaller LLaMA pretrained on the world's text without worked reasoning: the
+questions, and lines of sums and differences (the arithmetic a real pretrained model would know).
+Distillation then has to teach it to reason. Both are trained with the pipeline's own trainer and
+committed under ``assets/demo`` (a few MB each), so the demo downloads nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mcckd.demo_world.problems import FORMATS, GRANULARITIES, SPLITS, generate_split, write_rationale
+from mcckd.demo_world.tokenizer import train_tokenizer
+from mcckd.paths import ASSETS_DIR
+from mcckd.prompts import load_prompt, render
+from mcckd.training.data import Example, encode_groups
+from mcckd.training.loop import TrainConfig, train_causal_lm
+
+DEMO_DIR = ASSETS_DIR / "demo"
+TOKENIZER_DIR = DEMO_DIR / "tokenizer"
+TEACHER_DIR = DEMO_DIR / "teacher"
+STUDENT_BASE_DIR = DEMO_DIR / "student_base"
+
+# head_dim must be 64 for vLLM's CPU attention; sizes chosen so each model trains in minutes on 2 cores.
+TEACHER_SHAPE = dict(hidden_size=192, num_attention_heads=3, num_hidden_layers=4, intermediate_size=512)
+STUDENT_SHAPE = dict(hidden_size=128, num_attention_heads=2, num_hidden_layers=3, intermediate_size=384)
+# Seeds for model-building data, kept apart from the seeds the flow draws questions with.
+BUILD_SEED = 10_000
+
+
+def teacher_examples(n: int, seed: int) -> list[Example]:
+    """Worked rationales for the teacher: half of the split mix is ``id``, half lets it style freely."""
+    rng = random.Random(seed)
+    template = load_prompt("demo_teacher")
+    mix = {"id": n // 2, "ood_steps": n // 4, "ood_templates": n - n // 2 - n // 4}
+    examples = []
+    for split, count in mix.items():
+        for i, p in enumerate(generate_split(split, count, seed)):
+            fmt, level = rng.choice(FORMATS), rng.choice(GRANULARITIES)
+            shown = rng.random() < 0.5
+            prompt = render(template, p.question, fmt if shown else "any", str(level))
+            examples.append(Example(f"{split}-{i}", prompt, " " + write_rationale(p, fmt, level, rng)))
+    return examples
+
+
+def student_base_texts(n: int, seed: int) -> list[str]:
+    """Pretraining text without worked reasoning: questions, and lines of arithmetic facts."""
+    rng = random.Random(seed)
+    texts = []
+    for split in SPLITS:
+        texts += [p.question for p in generate_split(split, n // (2 * len(SPLITS)), seed)]
+    for _ in range(n - len(texts)):
+        facts = []
+        for _ in range(rng.randint(3, 6)):
+            a, b = rng.randint(0, 99), rng.randint(0, 60)
+            facts.append(f"{a} + {b} = {a + b}." if rng.random() < 0.5 or b > a else f"{a} - {b} = {a - b}.")
+        texts.append(" ".join(facts))
+    return texts
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    rng = random.Random(BUILD_SEED)
+    texts = [ex.prompt + ex.completion for ex in teacher_examples(6000, BUILD_SEED)]
+    texts += student_base_texts(2000, BUILD_SEED)
+    texts += [
+        write_rationale(p, f, g, rng) for p in generate_split("id", 300, 1) for f in FORMATS for g in GRANULARITIES
+    ]
+    tokenizer = train_tokenizer(texts, vocab_size=512)
+    tokenizer.save_pretrained(str(TOKENIZER_DIR))
+    return tokenizer
+
+
+def new_llama(tokenizer: PreTrainedTokenizerFast, shape: dict) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        num_key_value_heads=shape["num_attention_heads"],
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
+    return LlamaForCausalLM(config)
+
+
+def train_and_save(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, desc: str) -> None:
+    groups, rejected = encode_groups(tokenizer, examples, cfg.max_length)
+    if rejected:
+        raise ValueError(f"{len(rejected)} demo examples did not encode, first: {rejected[0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = train_causal_lm(model, tokenizer, groups, cfg, out_dir / "train_log.jsonl", desc=desc)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    summary = {"config": cfg.model_dump(), "examples": len(examples), "final": log[-1]}
+    (out_dir / "build.json").write_text(json.dumps(summary, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["tokenizer", "teacher", "student-base"])
+    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps of 64 sequences")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    args = parser.parse_args()
+    if args.what == "tokenizer":
+        build_tokenizer()
+        return
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    batch = 64
+    cfg = TrainConfig(
+        epochs=1, questions_per_batch=batch, learning_rate=2e-3, warmup_ratio=0.03, precision=args.precision
+    )
+    if args.what == "teacher":
+        examples = teacher_examples(args.steps * batch, BUILD_SEED)
+        train_and_save(new_llama(tokenizer, TEACHER_SHAPE), tokenizer, examples, cfg, TEACHER_DIR, "teacher")
+    else:
+        texts = student_base_texts(args.steps * batch, BUILD_SEED + 1)
+        examples = [Example(str(i), "", t) for i, t in enumerate(texts)]
+        train_and_save(new_llama(tokenizer, STUDENT_SHAPE), tokenizer, examples, cfg, STUDENT_BASE_DIR, "student-base")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""A small world of multi-step arithmetic word problems, so the pipeline means something offline.
+
+Every problem is a start amount followed by add/subtract events and one question. The splits
+differ along the axes that make distillation interesting: the in-distribution split (``id``: 2-3
+events, the training templates) is what the student is distilled on; ``ood_steps`` has 4 events and
+``ood_templates`` uses event sentences the student never saw. The teacher is trained on all of
+them, so the teacher-student gap out of distribution is measurable.
+
+Rationales come in the CoT formats of arXiv 2502.18001 (plain, sub-question chain,
+rephrase-and-respond, symbolic) at three granularity levels (1 terse .. 3 detailed), with phrase
+variation inside each, and always end in the canonical answer sentence ``The answer is N.``
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_schemas import QUESTIONS, write_table
+
+NAMES = ["Tom", "Ana", "Ben", "Mia", "Sam", "Lea", "Max", "Zoe", "Leo", "Ivy", "Raj", "Eva"]
+ITEMS = ["apples", "marbles", "stamps", "cards", "coins", "shells", "books", "pens", "stickers"]
+
+# Event sentences: (kind, template). "id" templates are seen in training; "ood" ones are not.
+EVENTS = {
+    "id": [
+        ("add", "{name} buys {n} more {item}."),
+        ("add", "{name} finds {n} {item}."),
+        ("add", "A friend gives {name} {n} {item}."),
+        ("sub", "{name} gives away {n} {item}."),
+        ("sub", "{name} loses {n} {item}."),
+        ("sub", "{name} sells {n} {item}."),
+    ],
+    "ood": [
+        ("add", "{name} wins {n} {item} in a contest."),
+        ("add", "Later, {n} {item} are added to the pile of {name}."),
+        ("sub", "{name} donates {n} {item} to a school."),
+        ("sub", "A storm ruins {n} of the {item} of {name}."),
+    ],
+}
+# Short verb phrases for the detailed rationales, keyed by the event template.
+EVENT_PHRASES = {
+    "{name} buys {n} more {item}.": "buying {n} more",
+    "{name} finds {n} {item}.": "finding {n}",
+    "A friend gives {name} {n} {item}.": "getting {n} from a friend",
+    "{name} gives away {n} {item}.": "giving away {n}",
+    "{name} loses {n} {item}.": "losing {n}",
+    "{name} sells {n} {item}.": "selling {n}",
+    "{name} wins {n} {item} in a contest.": "winning {n}",
+    "Later, {n} {item} are added to the pile of {name}.": "adding {n}",
+    "{name} donates {n} {item} to a school.": "donating {n}",
+    "A storm ruins {n} of the {item} of {name}.": "losing {n} in a storm",
+}
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How one split's problems are drawn."""
+
+    steps: tuple[int, ...]
+    templates: str  # key of EVENTS
+
+
+SPLITS: dict[str, SplitSpec] = {
+    "id": SplitSpec(steps=(2, 3), templates="id"),
+    "ood_steps": SplitSpec(steps=(4,), templates="id"),
+    "ood_templates": SplitSpec(steps=(2, 3), templates="ood"),
+}
+
+FORMATS = ("plain", "subq", "rar", "symbolic")
+GRANULARITIES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "add" or "sub"
+    amount: int
+    template: str
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One word problem with its gold answer and the structure needed to write rationales."""
+
+    name: str
+    item: str
+    start: int
+    events: tuple[Event, ...]
+
+    @property
+    def question(self) -> str:
+        parts = [f"{self.name} has {self.start} {self.item}."]
+        parts += [e.template.format(name=self.name, n=e.amount, item=self.item) for e in self.events]
+        parts.append(f"How many {self.item} does {self.name} have now?")
+        return " ".join(parts)
+
+    @property
+    def steps(self) -> list[tuple[int, str, int, int]]:
+        """(before, op, amount, after) for each event."""
+        out, value = [], self.start
+        for e in self.events:
+            after = value + e.amount if e.kind == "add" else value - e.amount
+            out.append((value, "+" if e.kind == "add" else "-", e.amount, after))
+            value = after
+        return out
+
+    @property
+    def answer(self) -> int:
+        return self.steps[-1][3]
+
+
+def draw_problem(rng: random.Random, spec: SplitSpec) -> Problem:
+    """Draw one problem; amounts keep every intermediate value between 0 and 99."""
+    n_steps = rng.choice(spec.steps)
+    value = rng.randint(5, 60)
+    start, events = value, []
+    for _ in range(n_steps):
+        kind, template = rng.choice(EVENTS[spec.templates])
+        if kind == "sub" and value < 2:
+            kind, template = rng.choice([t for t in EVENTS[spec.templates] if t[0] == "add"])
+        if kind == "add" and value > 90:
+            kind, template = rng.choice([t for t in EVENTS[spec.templates] if t[0] == "sub"])
+        amount = rng.randint(1, min(40, 99 - value)) if kind == "add" else rng.randint(1, value - 1)
+        value = value + amount if kind == "add" else value - amount
+        events.append(Event(kind, amount, template))
+    return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(events))
+
+
+def generate_split(split: str, n: int, seed: int) -> list[Problem]:
+    """``n`` distinct problems of ``split``, reproducible from ``seed``."""
+    rng = random.Random(f"{split}:{seed}")
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    while len(problems) < n:
+        p = draw_problem(rng, SPLITS[split])
+        if p.question not in seen:
+            seen.add(p.question)
+            problems.append(p)
+    return problems
+
+
+def answer_sentence(answer: int) -> str:
+    """The canonical final sentence every rationale ends with (the common answer span)."""
+    return f"The answer is {answer}."
+
+
+def _equation(rng: random.Random, before: int, op: str, amount: int, after: int) -> str:
+    # Addition commutes, which gives the teacher a cheap source of surface diversity.
+    if op == "+" and rng.random() < 0.3:
+        return f"{amount} + {before} = {after}"
+    return f"{before} {op} {amount} = {after}"
+
+
+def write_rationale(p: Problem, fmt: str, level: int, rng: random.Random) -> str:
+    """A correct rationale for ``p`` in CoT format ``fmt`` at granularity ``level`` (1..3)."""
+    steps = p.steps
+    phrases = [EVENT_PHRASES[e.template].format(n=e.amount) for e in p.events]
+    eqs = [_equation(rng, *s) for s in steps]
+    lines: list[str] = []
+    if fmt == "plain":
+        if level == 1:
+            lines = [f"{eq}." for eq in eqs]
+        elif level == 2:
+            lines = [f"{rng.choice(['Start with', 'Begin with'])} {p.start}."]
+            lines += [
+                f"{'Add' if s[1] == '+' else 'Take away'} {s[2]}: {eq}." for s, eq in zip(steps, eqs, strict=True)
+            ]
+        else:
+            lines = [f"{p.name} starts with {p.start} {p.item}."]
+            for eq, ph in zip(eqs, phrases, strict=True):
+                lead = rng.choice(["After", "Then, after"])
+                lines.append(f"{lead} {ph}, {p.name} has {eq} {p.item}.")
+    elif fmt == "subq":
+        for i, (eq, ph) in enumerate(zip(eqs, phrases, strict=True)):
+            if level == 1:
+                lines.append(f"Step {i + 1}? {eq}.")
+            elif level == 2:
+                lines.append(f"How many after {ph}? {eq}.")
+            else:
+                q = rng.choice(["How many", "What is the number of"])
+                lines.append(f"{q} {p.item} after {ph}? {p.name} has {eq}.")
+    elif fmt == "rar":
+        restated = ", ".join(phrases)
+        if level == 1:
+            lines = [f"Restated: {p.start}, then {restated}."]
+        else:
+            lines = [f"Restated: {p.name} starts with {p.start} {p.item}, then {restated}."]
+            if level == 3:
+                lines.append(f"We need the {p.item} left at the end.")
+        lines += [f"{eq}." for eq in eqs]
+    elif fmt == "symbolic":
+        var = rng.choice(["x", "n", "t"])
+        lines = [f"Let {var} = {p.start}."]
+        for before, op, amount, after in steps:
+            if level == 1:
+                lines.append(f"{var} {op} {amount} = {after}.")
+            else:
+                lines.append(f"{var} = {var} {op} {amount} = {before} {op} {amount} = {after}.")
+        if level == 3:
+            lines.insert(1, f"{var} counts the {p.item} of {p.name}.")
+    else:
+        raise ValueError(f"unknown CoT format {fmt!r}; expected one of {FORMATS}")
+    lines.append(answer_sentence(p.answer))
+    return " ".join(lines)
+
+
+def write_question_sets(out_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str, Path]:
+    """``train.parquet`` (in-distribution questions to distil on) and ``test_<split>.parquet`` for
+    every split. Train and in-distribution test questions are disjoint (drawn as one set, then cut).
+    """
+    paths = {}
+    for split in SPLITS:
+        n = n_test + (n_train if split == "id" else 0)
+        problems = generate_split(split, n, seed)
+        rows = [
+            {"question_id": f"{split}-{seed}-{i}", "question": p.question, "answer": str(p.answer)}
+            for i, p in enumerate(problems)
+        ]
+        if split == "id":
+            paths["train"] = write_table(rows[n_test:], out_dir / "train.parquet", QUESTIONS)
+        paths[split] = write_table(rows[:n_test], out_dir / f"test_{split}.parquet", QUESTIONS)
+    return paths

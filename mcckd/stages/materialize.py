@@ -1,0 +1,77 @@
+"""Stage 4, materialize: the training set, one row per question with its K rationales and the
+character span of the common final answer in each.
+
+Every rationale is made to end in the canonical answer sentence ("The answer is 18."), so the
+answer tokens are identical across a question's rationales and the consistency loss compares like
+with like. A rationale that already ends that way is kept as written; otherwise whatever follows
+its last answer statement is cut and the canonical sentence appended (counted in the manifest).
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from data_schemas import SELECTED, TRAINSET, read_table, write_table
+from mcckd.answers import canonical_answer_sentence, format_number, parse_number
+
+STAGE_VERSION = 1
+
+
+class MaterializeSettings(BaseModel):
+    """No settings yet: the canonical sentence is fixed by ``mcckd.answers``; the model keeps the stage uniform."""
+
+
+def canonical_answer(gold: str) -> str:
+    value = parse_number(gold)
+    return format_number(value) if value is not None else gold.strip()
+
+
+def with_answer_sentence(rationale: str, answer: str) -> tuple[str, tuple[int, int], bool]:
+    """(rationale ending in the canonical sentence, char span of the answer in it, rewritten?)."""
+    sentence = canonical_answer_sentence(answer)
+    text = rationale.rstrip()
+    rewritten = not text.endswith(sentence)
+    if rewritten:
+        cut = text.lower().rfind("answer is")
+        if cut != -1:  # drop a non-canonical final statement ("Therefore, the answer is 18 .")
+            sentence_start = max(text.rfind(".", 0, cut), text.rfind("\n", 0, cut)) + 1
+            text = text[:sentence_start].rstrip()
+        text = f"{text} {sentence}".strip()
+    start = len(text) - len(sentence) + sentence.index(answer)
+    return text, (start, start + len(answer)), rewritten
+
+
+def run(settings: MaterializeSettings, out_dir: Path, selected: Path) -> dict:
+    rows = read_table(selected, SELECTED).to_pylist()
+    out, rewritten = [], 0
+    for qid, group in groupby(
+        sorted(rows, key=lambda r: (r["question_id"], r["selection_rank"])), lambda r: r["question_id"]
+    ):
+        group = list(group)
+        answer = canonical_answer(group[0]["answer"])
+        texts, spans = [], []
+        for r in group:
+            text, (start, end), changed = with_answer_sentence(r["rationale"], answer)
+            texts.append(text)
+            spans.append({"start": start, "end": end})
+            rewritten += changed
+        out.append(
+            {
+                "question_id": qid,
+                "question": group[0]["question"],
+                "answer": answer,
+                "rationales": texts,
+                "answer_spans": spans,
+                "teachers": [r["teacher"] for r in group],
+                "sample_indices": [r["sample_index"] for r in group],
+            }
+        )
+    write_table(out, out_dir / "train.parquet", TRAINSET)
+    return {
+        "questions": len(out),
+        "rationales": sum(len(r["rationales"]) for r in out),
+        "answer_sentence_rewritten": rewritten,
+    }

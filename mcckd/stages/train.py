@@ -1,0 +1,97 @@
+"""Stage 5, train: fine-tune the student on the materialized rationales.
+
+In: ``train.parquet`` (``TRAINSET``) and a base model folder. Out: ``model/`` (weights +
+tokenizer), ``train_log.parquet`` (CE and consistency per step), ``loss.png``, and
+``rejections.parquet`` for rationales the student's tokenizer could not align. Std-CoT is
+``alpha = 0``; MCC-KD adds alpha x the answer-span consistency between a question's rationales.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from pydantic import BaseModel
+
+from data_schemas import REJECTIONS, TRAIN_LOG, TRAINSET, read_table, write_table
+from mcckd.prompts import load_prompt, render
+from mcckd.training.data import Example, encode_groups
+from mcckd.training.loop import TrainConfig, train_causal_lm
+
+STAGE_VERSION = 1
+
+
+class TrainSettings(BaseModel):
+    base_model: Path
+    template: str = "student"
+    loop: TrainConfig = TrainConfig()
+
+
+def examples_from_trainset(rows: list[dict], template: str) -> list[Example]:
+    """One example per rationale; the completion starts with a space, so spans shift by one."""
+    examples = []
+    for row in rows:
+        prompt = render(template, row["question"])
+        for text, span in zip(row["rationales"], row["answer_spans"], strict=True):
+            examples.append(Example(row["question_id"], prompt, " " + text, (span["start"] + 1, span["end"] + 1)))
+    return examples
+
+
+def plot_losses(log: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in log]
+    ax.plot(steps, [r["cross_entropy"] for r in log], label="cross-entropy")
+    if any(r["consistency"] for r in log):
+        ax.plot(steps, [r["consistency"] for r in log], label="consistency (KL)")
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(settings: TrainSettings, out_dir: Path, trainset: Path) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rows = read_table(trainset, TRAINSET).to_pylist()
+    tokenizer = AutoTokenizer.from_pretrained(str(settings.base_model))
+    examples = examples_from_trainset(rows, load_prompt(settings.template))
+    groups, rejected = encode_groups(tokenizer, examples, settings.loop.max_length)
+    write_table(
+        [
+            {
+                "stage": "train",
+                "question_id": r.group,
+                "teacher": "",
+                "sample_index": -1,
+                "reason": r.reason,
+                "detail": r.detail,
+            }
+            for r in rejected
+        ],
+        out_dir / "rejections.parquet",
+        REJECTIONS,
+    )
+    if not groups:
+        raise ValueError(f"{trainset}: no trainable question left ({len(rejected)} rejected)")
+    model = AutoModelForCausalLM.from_pretrained(str(settings.base_model), dtype=torch.float32)
+    log = train_causal_lm(model, tokenizer, groups, settings.loop, desc=f"train alpha={settings.loop.alpha}")
+    model.save_pretrained(str(out_dir / "model"))
+    tokenizer.save_pretrained(str(out_dir / "model"))
+    write_table(pa.Table.from_pylist(log, schema=TRAIN_LOG), out_dir / "train_log.parquet", TRAIN_LOG)
+    plot_losses(log, out_dir / "loss.png")
+    return {
+        "questions": len(groups),
+        "rationales": sum(len(g) for g in groups),
+        "rejected": len(rejected),
+        "steps": len(log),
+        "final_cross_entropy": log[-1]["cross_entropy"],
+        "seconds": log[-1]["seconds"],
+    }

@@ -1,0 +1,83 @@
+"""Content-addressed stage folders: a stage's output lives in a folder named by a fingerprint of
+everything that determines it, written atomically (temp folder, then rename).
+
+Same fingerprint = same output, so an unchanged re-run recomputes nothing, and a changed input
+(a retrained teacher, a new setting) changes the fingerprints of exactly the stages downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of settings (pydantic models, dicts, strings) and upstream fingerprints."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, BaseModel):
+            return {"__model__": type(x).__name__, **x.model_dump(mode="json")}
+        if isinstance(x, Path):
+            return str(x)
+        return x
+
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=plain)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def path_fingerprint(path: Path) -> str:
+    """Hash of a file's or folder's bytes (model weights, question files): identity by content."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"nothing to fingerprint at {path}")
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def stage_dir(store: Path, stage: str, fp: str) -> Path:
+    return store / stage / fp
+
+
+def is_complete(out_dir: Path) -> bool:
+    """A stage folder counts only once its manifest exists (written last, inside the rename)."""
+    return (out_dir / MANIFEST).is_file()
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    return json.loads((out_dir / MANIFEST).read_text())
+
+
+@contextmanager
+def atomic_stage_dir(out_dir: Path, manifest: dict[str, Any]) -> Iterator[Path]:
+    """Yield a temp folder to write into; on success it becomes ``out_dir`` with a manifest.
+
+    On failure the temp folder stays for inspection (named ``.tmp-*``) and ``out_dir`` is untouched.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    started = time.time()
+    yield tmp
+    record = {**manifest, "seconds": round(time.time() - started, 3), "finished_at": time.time()}
+    (tmp / MANIFEST).write_text(json.dumps(record, indent=2, default=str))
+    if out_dir.exists():  # an incomplete leftover from a crashed run of the same fingerprint
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)

@@ -1,0 +1,70 @@
+"""One Prefect task per stage. The work is ``mcckd.stages.execute``; these add caching and retries.
+
+Cache key = the stage's fingerprint, so Prefect shows an unchanged stage as Cached and never
+enters its body. Stages that hold an accelerator (sample, train, evaluate) run as a child process
+(``python -m mcckd STAGE``), so vLLM and training never share a CUDA context and memory is
+returned when the stage ends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import task
+from prefect.context import TaskRunContext
+from pydantic import BaseModel
+
+from mcckd.stages import STAGES, execute
+from mcckd.store import is_complete
+
+
+class StageFailed(RuntimeError):
+    """A stage's child process exited non-zero; its own output (above) says why."""
+
+
+def _cache_key(context: TaskRunContext, parameters: dict) -> str:
+    return f"{parameters['stage']}-{parameters['fingerprint']}"
+
+
+def _run_stage(stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str) -> str:
+    if not STAGES[stage].uses_accelerator:
+        execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
+        return out_dir
+    cmd = [sys.executable, "-m", "mcckd", stage, "--out", out_dir, "--settings", settings.model_dump_json()]
+    cmd += [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
+    code = subprocess.run(cmd).returncode
+    if code != 0 or not is_complete(Path(out_dir)):
+        raise StageFailed(f"stage {stage} (fingerprint {fingerprint}) exited with {code} without completing {out_dir}")
+    return out_dir
+
+
+def _stage_task(stage: str, retries: int):
+    return task(
+        _run_stage,
+        name=stage,
+        task_run_name=f"{stage}-{{fingerprint}}",
+        cache_key_fn=_cache_key,
+        persist_result=True,
+        result_serializer="json",
+        retries=retries,
+        retry_delay_seconds=10,
+    )
+
+
+sample_task = _stage_task("sample", retries=1)
+judge_task = _stage_task("judge", retries=0)
+select_task = _stage_task("select", retries=0)
+materialize_task = _stage_task("materialize", retries=0)
+train_task = _stage_task("train", retries=0)
+evaluate_task = _stage_task("evaluate", retries=1)
+
+TASKS = {
+    "sample": sample_task,
+    "judge": judge_task,
+    "select": select_task,
+    "materialize": materialize_task,
+    "train": train_task,
+    "evaluate": evaluate_task,
+}

@@ -1,0 +1,128 @@
+"""The MCC-KD loss against a slow, obviously-correct per-example, per-pair reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mcckd.training.loss import (
+    IGNORE_INDEX,
+    answer_consistency,
+    mcc_kd_loss,
+    question_pairs,
+    sequence_cross_entropy,
+)
+
+
+def reference_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per sequence: mean over positions t with a label at t+1 of -log p(label[t+1] | logits[t])."""
+    out = []
+    for n in range(logits.size(0)):
+        terms = []
+        for t in range(logits.size(1) - 1):
+            target = labels[n, t + 1].item()
+            if target != IGNORE_INDEX:
+                terms.append(-torch.log_softmax(logits[n, t].double(), -1)[target])
+        out.append(torch.stack(terms).mean())
+    return torch.stack(out)
+
+
+def reference_kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    p = torch.softmax(p_logits.double() / temperature, -1)
+    q = torch.softmax(q_logits.double() / temperature, -1)
+    return sum(p[v] * math.log(p[v] / q[v]) for v in range(p.numel()))
+
+
+def reference_consistency(logits, span_positions, span_mask, pairs, temperature) -> torch.Tensor:
+    per_pair = []
+    for i, j in pairs.tolist():
+        terms = []
+        for s in range(span_positions.size(1)):
+            if span_mask[i, s] and span_mask[j, s]:
+                li, lj = logits[i, span_positions[i, s]], logits[j, span_positions[j, s]]
+                terms.append((reference_kl(li, lj, temperature) + reference_kl(lj, li, temperature)) / 2)
+        per_pair.append(sum(terms) / len(terms))
+    return sum(per_pair) / len(per_pair)
+
+
+def random_batch(seed: int = 0, n: int = 6, length: int = 12, vocab: int = 17, span: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, length, vocab, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, vocab, (n, length), generator=g)
+    labels[:, :4] = IGNORE_INDEX  # prompt
+    labels[1, 9:] = IGNORE_INDEX  # padding of a shorter row
+    span_positions = torch.stack([torch.arange(5, 5 + span) + (r % 3) for r in range(n)])
+    span_mask = torch.ones(n, span, dtype=torch.bool)
+    span_mask[4, 2] = False  # a question whose answer is one token shorter (rows 4 and 5)
+    span_mask[5, 2] = False
+    return logits, labels, span_positions, span_mask
+
+
+def test_cross_entropy_matches_reference():
+    logits, labels, *_ = random_batch()
+    assert torch.allclose(sequence_cross_entropy(logits, labels).double(), reference_ce(logits, labels), atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_consistency_matches_per_pair_loop(temperature: float):
+    logits, _, span_positions, span_mask = random_batch(seed=1)
+    pairs = question_pairs([0, 0, 0, 1, 2, 2], "all")
+    assert pairs.tolist() == [[0, 1], [0, 2], [1, 2], [4, 5]]
+    fast = answer_consistency(logits, span_positions, span_mask, pairs, temperature)
+    slow = reference_consistency(logits, span_positions, span_mask, pairs, temperature)
+    assert abs(fast.item() - float(slow)) < 1e-5
+
+
+def test_total_is_ce_plus_alpha_consistency():
+    logits, labels, span_positions, span_mask = random_batch(seed=2)
+    pairs = question_pairs([0, 0, 1, 1, 2, 2], "all")
+    parts = mcc_kd_loss(logits, labels, span_positions, span_mask, pairs, alpha=0.3)
+    expected = reference_ce(logits, labels).mean() + 0.3 * reference_consistency(
+        logits, span_positions, span_mask, pairs, 1.0
+    )
+    assert abs(parts.total.item() - float(expected)) < 1e-5
+
+
+def test_alpha_zero_is_exactly_std_cot():
+    logits, labels, span_positions, span_mask = random_batch(seed=3)
+    pairs = question_pairs([0, 0, 1, 1, 2, 2], "all")
+    parts = mcc_kd_loss(logits, labels, span_positions, span_mask, pairs, alpha=0.0)
+    assert torch.equal(parts.total, sequence_cross_entropy(logits, labels).mean())
+    assert parts.consistency.item() == 0.0
+
+
+def test_gradients_reach_both_rationales_of_a_pair():
+    logits, _, span_positions, span_mask = random_batch(seed=4)
+    logits.requires_grad_(True)
+    pairs = torch.tensor([[0, 1]])
+    answer_consistency(logits, span_positions, span_mask, pairs).backward()
+    grad = logits.grad
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() > 0
+    assert grad[2:].abs().sum() == 0  # rows outside the pair get nothing
+    # Only the span positions of each row receive gradient.
+    touched = grad[0].abs().sum(-1).nonzero().flatten().tolist()
+    assert touched == span_positions[0].tolist()
+
+
+def test_masking_ignores_prompt_and_padding():
+    logits, labels, *_ = random_batch(seed=5)
+    before = sequence_cross_entropy(logits, labels)
+    changed = logits.clone()
+    changed[:, :3] = torch.randn_like(changed[:, :3]) * 10  # logits predicting prompt tokens 1..3
+    changed[1, 8:] = torch.randn_like(changed[1, 8:]) * 10  # logits predicting padding of row 1
+    assert torch.allclose(sequence_cross_entropy(changed, labels), before)
+
+
+def test_sampled_pairs_take_one_pair_per_question():
+    g = torch.Generator().manual_seed(0)
+    pairs = question_pairs([0, 0, 0, 1, 1, 2], "sampled", g)
+    assert pairs.shape == (2, 2)  # question 2 has one rationale: no pair
+    assert set(pairs[0].tolist()) <= {0, 1, 2} and set(pairs[1].tolist()) == {3, 4}
+
+
+def test_no_pairs_gives_zero_consistency():
+    logits, _, span_positions, span_mask = random_batch()
+    empty = question_pairs([0, 1, 2, 3, 4, 5], "all")
+    assert answer_consistency(logits, span_positions, span_mask, empty).item() == 0.0
