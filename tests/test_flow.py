@@ -41,12 +41,19 @@ def stage_folders(store) -> dict[str, float]:
     }
 
 
-def test_distill_flow_runs_every_stage_then_caches(prefect_harness, tmp_path):
-    store = tmp_path / "store"
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tmp_path_factory):
+    """One full run shared by the tests below (each vLLM start costs seconds)."""
+    root = tmp_path_factory.mktemp("flow")
+    store = root / "store"
     questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.seed)
-    config = demo_config(TINY, questions, store, tmp_path / "report")
+    config = demo_config(TINY, questions, store, root / "report")
+    state = distill(config, return_state=True)
+    return root, questions, config, state, stage_folders(store)
 
-    first = distill(config, return_state=True)
+
+def test_distill_flow_runs_every_stage_then_caches(first_run):
+    root, _, config, first, folders = first_run
     assert first.is_completed(), first.message
     metrics = first.result()
     states = task_states(first)
@@ -61,25 +68,22 @@ def test_distill_flow_runs_every_stage_then_caches(prefect_harness, tmp_path):
     assert all(s == "Completed" for v in states.values() for s in v), states
     assert set(metrics) == {"teacher", "untrained", "std_cot", "mcc_kd", "counts"}
     assert set(metrics["teacher"]) == {"id", "ood_steps", "ood_templates"}
+    assert all(0.0 <= acc <= 1.0 for m in ("teacher", "mcc_kd") for acc in metrics[m].values())
     assert metrics["counts"]["samples"] == TINY.train_questions * TINY.num_samples
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
-    assert "| mcc_kd |" in (tmp_path / "report" / "report.md").read_text()
-    folders = stage_folders(store)
+    assert json.loads((root / "report" / "metrics.json").read_text()) == metrics
+    assert "| mcc_kd |" in (root / "report" / "report.md").read_text()
     # questions, sample, judge, select, materialize, 2 x train, 4 x evaluate
     assert len(folders) == 11
 
     second = distill(config, return_state=True)
     assert all(s == "Cached" for v in task_states(second).values() for s in v), task_states(second)
-    assert stage_folders(store) == folders  # nothing rewritten
+    assert stage_folders(config.store) == folders  # nothing rewritten
     assert second.result() == metrics
 
 
-def test_changed_student_settings_rerun_only_train_and_evaluate(prefect_harness, tmp_path):
-    store = tmp_path / "store"
-    questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.seed)
-    distill(demo_config(TINY, questions, store, tmp_path / "r1"))
-    folders = stage_folders(store)
-
+def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):
+    root, questions, config, _, folders = first_run
+    store = config.store
     # A stage folder deleted behind Prefect's back is recomputed, not served from its cache record.
     judged = next(store.glob("judge/*"))
     for f in judged.iterdir():
@@ -87,7 +91,7 @@ def test_changed_student_settings_rerun_only_train_and_evaluate(prefect_harness,
     judged.rmdir()
 
     changed = TINY.model_copy(update={"learning_rate": TINY.learning_rate / 2})
-    state = distill(demo_config(changed, questions, store, tmp_path / "r2"), return_state=True)
+    state = distill(demo_config(changed, questions, store, root / "r2"), return_state=True)
     states = task_states(state)
     assert states["sample"] == ["Cached"] and states["select"] == ["Cached"] and states["materialize"] == ["Cached"]
     assert states["judge"] == ["Completed"]  # its folder was gone

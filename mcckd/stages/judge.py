@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from pydantic import BaseModel
+from tqdm.auto import tqdm
 
 from data_schemas import JUDGED, REJECTIONS, SAMPLES, read_table, write_table
 from mcckd.answers import answers_match, extract_answer
@@ -47,7 +48,7 @@ def run(settings: JudgeSettings, out_dir: Path, samples: Path) -> dict:
     rows = read_table(samples, SAMPLES).to_pylist()
     seen: set[tuple[str, str]] = set()
     judged, rejections = [], []
-    for row in rows:
+    for row in tqdm(rows, desc="judge", unit="rationale"):
         v, predicted = verdict(row, settings, seen)
         judged.append({**row, "predicted_answer": predicted, "verdict": v})
         if v != "correct":

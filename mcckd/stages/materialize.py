@@ -13,6 +13,7 @@ from itertools import groupby
 from pathlib import Path
 
 from pydantic import BaseModel
+from tqdm.auto import tqdm
 
 from data_schemas import SELECTED, TRAINSET, read_table, write_table
 from mcckd.answers import canonical_answer_sentence, format_number, parse_number
@@ -47,9 +48,8 @@ def with_answer_sentence(rationale: str, answer: str) -> tuple[str, tuple[int, i
 def run(settings: MaterializeSettings, out_dir: Path, selected: Path) -> dict:
     rows = read_table(selected, SELECTED).to_pylist()
     out, rewritten = [], 0
-    for qid, group in groupby(
-        sorted(rows, key=lambda r: (r["question_id"], r["selection_rank"])), lambda r: r["question_id"]
-    ):
+    ordered = sorted(rows, key=lambda r: (r["question_id"], r["selection_rank"]))
+    for qid, group in tqdm(groupby(ordered, lambda r: r["question_id"]), desc="materialize", unit="question"):
         group = list(group)
         answer = canonical_answer(group[0]["answer"])
         texts, spans = [], []

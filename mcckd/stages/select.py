@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
+from tqdm.auto import tqdm
 
 from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, write_table
 
@@ -68,7 +69,8 @@ def _ledger(row: dict, reason: str, detail: str) -> dict:
 def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
     rows = read_table(judged, JUDGED).to_pylist()
     selected, rejections, outcomes = [], [], []
-    for qid, group in groupby(sorted(rows, key=lambda r: r["question_id"]), key=lambda r: r["question_id"]):
+    by_question = groupby(sorted(rows, key=lambda r: r["question_id"]), key=lambda r: r["question_id"])
+    for qid, group in tqdm(by_question, desc="select", unit="question"):
         correct = [r for r in group if r["verdict"] == "correct"]
         picks = select_diverse([r["rationale"] for r in correct], settings.k, settings.ngram)
         if not correct:
