@@ -51,10 +51,16 @@ class DistillConfig(BaseModel):
 
 
 class Ref(NamedTuple):
-    """A stage output (or input file) and the fingerprint that names it."""
+    """A stage's output folder (or an input file), the fingerprint that names it, and the file in
+    the folder that the next stage reads."""
 
     path: Path
     fingerprint: str
+    main: str = ""
+
+    @property
+    def input_path(self) -> Path:
+        return self.path / self.main if self.main else self.path
 
 
 STAGE_OUTPUT = {"sample": "samples.parquet", "judge": "judged.parquet", "select": "selected.parquet"}
@@ -74,11 +80,11 @@ def run_stage(store: Path, stage: str, settings: BaseModel, inputs: dict[str, Re
     call(
         stage=stage,
         settings=settings,
-        inputs={k: str(r.path) for k, r in inputs.items()},
+        inputs={k: str(r.input_path) for k, r in inputs.items()},
         out_dir=str(out),
         fingerprint=fp,
     )
-    return Ref(out, fp)
+    return Ref(out, fp, STAGE_OUTPUT[stage])
 
 
 def _publish(key: str, stage: str, out: Path) -> None:
@@ -124,9 +130,7 @@ def distill(config: DistillConfig) -> dict:
         "teacher": (config.sample.teacher, teacher_fp, config.teacher_eval_template),
         "untrained": (base_model, path_fingerprint(base_model), config.student_eval.template),
     }
-    models |= {
-        n: (r.path / STAGE_OUTPUT["train"], r.fingerprint, config.student_eval.template) for n, r in trained.items()
-    }
+    models |= {n: (r.input_path, r.fingerprint, config.student_eval.template) for n, r in trained.items()}
     evals = {}
     for name, (model_dir, model_fp, template) in models.items():
         settings = EvaluateSettings(

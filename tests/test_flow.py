@@ -30,7 +30,7 @@ def task_states(flow_state) -> dict[str, list[str]]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     states: dict[str, list[str]] = {}
     for run in runs:
-        states.setdefault(run.task_key.split("-")[0], []).append(run.state.name)
+        states.setdefault(run.name.split("-")[0], []).append(run.state.name)
     return states
 
 
