@@ -39,10 +39,10 @@ class DemoSettings(BaseModel):
     num_samples: int = 4
     temperature: float = 0.8
     k: int = 3
-    epochs: int = 8
-    alpha: float = 0.1
+    epochs: int = 24
+    alpha: float = 0.05
     questions_per_batch: int = 16
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
 
 
 @task(name="demo-questions")

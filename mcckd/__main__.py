@@ -14,7 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-from mcckd.stages import STAGES, execute
+from mcckd.runtime import configure_local_runtime
+
+configure_local_runtime()  # before the stages import transformers/vLLM, which read it at import
+
+from mcckd.stages import STAGES, execute  # noqa: E402
 
 
 def parse_settings(stage: str, raw: str | None):

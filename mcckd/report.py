@@ -14,6 +14,10 @@ import pyarrow.parquet as pq
 from mcckd.store import read_manifest
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def stage_summary(out_dir: Path) -> dict:
     return read_manifest(out_dir)["summary"]
 
@@ -107,8 +111,9 @@ def write_report(
 
 {counts_table(metrics)}
 
-Selection outcomes per question: {select["outcomes"]}; mean max Jaccard similarity among kept
-rationales: {select["mean_max_similarity"]}.
+Selection outcomes per question: {", ".join(f"{k} {v}" for k, v in sorted(select["outcomes"].items()))}.
+Mean of each kept rationale's highest word-trigram Jaccard similarity to the others kept:
+{_fmt(select["mean_max_similarity"])}.
 
 | rejection (stage: reason) | rationales |
 |---|---:|

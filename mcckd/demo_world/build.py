@@ -25,6 +25,7 @@ from mcckd.demo_world.problems import FORMATS, GRANULARITIES, SPLITS, generate_s
 from mcckd.demo_world.tokenizer import train_tokenizer
 from mcckd.paths import ASSETS_DIR
 from mcckd.prompts import load_prompt, render
+from mcckd.runtime import configure_local_runtime
 from mcckd.training.data import Example, encode_groups
 from mcckd.training.loop import TrainConfig, train_causal_lm
 
@@ -109,6 +110,7 @@ def train_and_save(model, tokenizer, examples: list[Example], cfg: TrainConfig, 
 
 
 def main() -> None:
+    configure_local_runtime()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["tokenizer", "teacher", "student-base"])
     parser.add_argument("--steps", type=int, default=1800, help="optimizer steps of 64 sequences")
