@@ -112,8 +112,8 @@ def write_report(
 {counts_table(metrics)}
 
 Selection outcomes per question: {", ".join(f"{k} {v}" for k, v in sorted(select["outcomes"].items()))}.
-Mean of each kept rationale's highest word-trigram Jaccard similarity to the others kept:
-{_fmt(select["mean_max_similarity"])}.
+In questions with two or more kept rationales, the mean of each one's highest word-trigram
+Jaccard similarity to the others kept: {_fmt(select["mean_max_similarity"])}.
 
 | rejection (stage: reason) | rationales |
 |---|---:|

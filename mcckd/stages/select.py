@@ -92,7 +92,8 @@ def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
     write_table(selected, out_dir / "selected.parquet", SELECTED)
     write_table(rejections, out_dir / "rejections.parquet", REJECTIONS)
     write_table(outcomes, out_dir / "outcomes.parquet", SELECTION_OUTCOMES)
-    sims = [r["max_similarity"] for r in selected if r["selection_rank"] > 0]
+    multi = {o["question_id"] for o in outcomes if o["selected"] >= 2}
+    sims = [r["max_similarity"] for r in selected if r["question_id"] in multi]
     return {
         "selected": len(selected),
         "questions": sum(o["selected"] > 0 for o in outcomes),
