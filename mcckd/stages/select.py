@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, write_table
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class SelectSettings(BaseModel):
