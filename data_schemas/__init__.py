@@ -71,6 +71,21 @@ REJECTIONS = pa.schema(
     ]
 )
 
+
+def rejection(
+    stage: str, question_id: str, reason: str, detail: str = "", teacher: str = "", sample_index: int = -1
+) -> dict:
+    """One ledger row; ``sample_index`` -1 means the whole question (no single sample)."""
+    return {
+        "stage": stage,
+        "question_id": question_id,
+        "teacher": teacher,
+        "sample_index": sample_index,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
 ANSWER_SPAN = pa.struct([("start", pa.int32()), ("end", pa.int32())])
 
 # The materialized training set: one row per question with its K rationales and answer spans.

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import JUDGED, REJECTIONS, SAMPLES, read_table, write_table
+from data_schemas import JUDGED, REJECTIONS, SAMPLES, read_table, rejection, write_table
 from mcckd.answers import answers_match, extract_answer
 
 STAGE_VERSION = 1
@@ -53,16 +53,7 @@ def run(settings: JudgeSettings, out_dir: Path, samples: Path) -> dict:
         judged.append({**row, "predicted_answer": predicted, "verdict": v})
         if v != "correct":
             detail = f"extracted {predicted!r}, gold {row['answer']!r}" if v == "wrong_answer" else ""
-            rejections.append(
-                {
-                    "stage": "judge",
-                    "question_id": row["question_id"],
-                    "teacher": row["teacher"],
-                    "sample_index": row["sample_index"],
-                    "reason": v,
-                    "detail": detail,
-                }
-            )
+            rejections.append(rejection("judge", row["question_id"], v, detail, row["teacher"], row["sample_index"]))
     write_table(judged, out_dir / "judged.parquet", JUDGED)
     write_table(rejections, out_dir / "rejections.parquet", REJECTIONS)
     counts = Counter(r["verdict"] for r in judged)

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, write_table
+from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, rejection, write_table
 
 STAGE_VERSION = 2
 
@@ -55,17 +55,6 @@ def select_diverse(texts: list[str], k: int, n: int) -> list[tuple[int, float]]:
     return [(i, max((sim[i][j] for j in chosen if j != i), default=0.0)) for i in chosen]
 
 
-def _ledger(row: dict, reason: str, detail: str) -> dict:
-    return {
-        "stage": "select",
-        "question_id": row["question_id"],
-        "teacher": row["teacher"],
-        "sample_index": row["sample_index"],
-        "reason": reason,
-        "detail": detail,
-    }
-
-
 def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
     rows = read_table(judged, JUDGED).to_pylist()
     selected, rejections, outcomes = [], [], []
@@ -87,7 +76,11 @@ def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
         for i, r in enumerate(correct):
             if i not in kept:
                 why = "fewer_than_k" if outcome == "dropped_fewer" else "not_diverse_enough"
-                rejections.append(_ledger(r, why, f"{len(correct)} correct, k={settings.k}"))
+                rejections.append(
+                    rejection(
+                        "select", qid, why, f"{len(correct)} correct, k={settings.k}", r["teacher"], r["sample_index"]
+                    )
+                )
         outcomes.append({"question_id": qid, "correct": len(correct), "selected": len(picks), "outcome": outcome})
     write_table(selected, out_dir / "selected.parquet", SELECTED)
     write_table(rejections, out_dir / "rejections.parquet", REJECTIONS)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel
 
-from data_schemas import REJECTIONS, TRAIN_LOG, TRAINSET, read_table, write_table
+from data_schemas import REJECTIONS, TRAIN_LOG, TRAINSET, read_table, rejection, write_table
 from mcckd.prompts import load_prompt, render
 from mcckd.training.data import Example, encode_groups
 from mcckd.training.loop import TrainConfig, train_causal_lm
@@ -65,17 +65,7 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path) -> dict:
     examples = examples_from_trainset(rows, load_prompt(settings.template))
     groups, rejected = encode_groups(tokenizer, examples, settings.loop.max_length)
     write_table(
-        [
-            {
-                "stage": "train",
-                "question_id": r.group,
-                "teacher": "",
-                "sample_index": -1,
-                "reason": r.reason,
-                "detail": r.detail,
-            }
-            for r in rejected
-        ],
+        [rejection("train", r.group, r.reason, r.detail) for r in rejected],
         out_dir / "rejections.parquet",
         REJECTIONS,
     )
