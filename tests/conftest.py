@@ -16,8 +16,6 @@ from mcckd.runtime import configure_local_runtime  # noqa: E402  (after the over
 
 configure_local_runtime()
 
-SHARED_DATA = Path(os.environ.get("MCCKD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 
 @pytest.fixture(scope="session")
 def demo_tokenizer():

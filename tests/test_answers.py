@@ -34,3 +34,49 @@ def test_last_statement_wins_over_later_numbers():
 )
 def test_answers_match(predicted, gold, same):
     assert answers_match(predicted, gold) is same
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "expected"),
+    [
+        ("Cats could open doors. So the answer is (C).", "choice", "C"),
+        ("The answer is c", "choice", "C"),
+        ("Only doors fit. C. open doors", "choice", "C"),
+        ("It rains in Paris. So the answer is yes.", "boolean", "yes"),
+        ("That claim is false.", "boolean", "no"),
+        ("Therefore the answer is \\frac{3}{4}.", "math", "\\frac{3}{4}"),
+        ("Nothing to see", "choice", None),
+    ],
+)
+def test_extract_other_kinds(text, kind, expected):
+    assert extract_answer(text, kind) == expected
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold", "same"),
+    [
+        ("C", "C", True),
+        ("B", "C", False),
+        ("yes", "True", True),
+        ("no", "yes", False),
+        ("\\frac{3}{4}", "0.75*1", True),
+        ("2x + x^2", "x^2+2x", True),
+        ("x^2", "x^3", False),
+    ],
+)
+def test_match_other_kinds(predicted, gold, same):
+    assert answers_match(predicted, gold) is same
+
+
+@pytest.mark.parametrize(("gold", "kind"), [("18", "number"), ("C", "choice"), ("no", "boolean"), ("x^2+1", "math")])
+def test_answer_kind_from_gold(gold, kind):
+    from mcckd.answers import answer_kind
+
+    assert answer_kind(gold) == kind
+
+
+@pytest.mark.parametrize("gold", ["", "n/a", "banana"])
+def test_labels_that_are_not_answers(gold):
+    from mcckd.answers import answer_kind
+
+    assert answer_kind(gold) is None

@@ -15,7 +15,7 @@ from types import ModuleType
 
 from pydantic import BaseModel
 
-from mcckd.stages import evaluate, judge, materialize, sample, select, train
+from mcckd.stages import evaluate, import_recorded, judge, materialize, sample, select, train
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete, read_manifest
 
 
@@ -38,6 +38,7 @@ STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         _stage("sample", sample, sample.SampleSettings, ("questions",), True),
+        _stage("import", import_recorded, import_recorded.ImportSettings, ("recorded",), False),
         _stage("judge", judge, judge.JudgeSettings, ("samples",), False),
         _stage("select", select, select.SelectSettings, ("judged",), False),
         _stage("materialize", materialize, materialize.MaterializeSettings, ("selected",), False),

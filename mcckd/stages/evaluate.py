@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from data_schemas import PREDICTIONS, QUESTIONS, read_table, write_table
-from mcckd.answers import answers_match, extract_answer
+from mcckd.answers import answer_kind, answers_match, extract_answer
 from mcckd.generation import VllmSettings, open_llm
 from mcckd.prompts import load_prompt, render
 
@@ -46,8 +46,9 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
         correct = 0
         for q, out in zip(questions, outputs, strict=True):
             text = out.outputs[0].text.strip()
-            predicted = extract_answer(text)
-            ok = answers_match(predicted, q["answer"])
+            kind = answer_kind(q["answer"])
+            predicted = extract_answer(text, kind) if kind else None
+            ok = answers_match(predicted, q["answer"], kind)
             correct += ok
             rows.append(
                 {

@@ -2,8 +2,8 @@
 
 In: ``samples.parquet`` (``SAMPLES``). Out: ``judged.parquet`` (every sample with its extracted
 answer and a verdict) and ``rejections.parquet`` (the ledger: every non-correct row and why).
-Verdicts, checked in this order: truncated, empty, over_long, duplicate, no_answer, wrong_answer,
-correct.
+Verdicts, checked in this order: truncated, empty, over_long, duplicate, no_gold_answer, bad_label
+(the gold answer is not an answer of any kind), no_answer, wrong_answer, correct.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from data_schemas import JUDGED, REJECTIONS, SAMPLES, read_table, rejection, write_table
-from mcckd.answers import answers_match, extract_answer
+from mcckd.answers import answer_kind, answers_match, extract_answer
 
 STAGE_VERSION = 1
 
@@ -38,10 +38,15 @@ def verdict(row: dict, settings: JudgeSettings, seen: set[tuple[str, str]]) -> t
     if key in seen:
         return "duplicate", None
     seen.add(key)
-    predicted = extract_answer(text)
+    if not row["answer"].strip():
+        return "no_gold_answer", None
+    kind = answer_kind(row["answer"])
+    if kind is None:
+        return "bad_label", None
+    predicted = extract_answer(text, kind)
     if predicted is None:
         return "no_answer", None
-    return ("correct" if answers_match(predicted, row["answer"]) else "wrong_answer"), predicted
+    return ("correct" if answers_match(predicted, row["answer"], kind) else "wrong_answer"), predicted
 
 
 def run(settings: JudgeSettings, out_dir: Path, samples: Path) -> dict:

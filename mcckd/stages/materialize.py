@@ -16,18 +16,13 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from data_schemas import SELECTED, TRAINSET, read_table, write_table
-from mcckd.answers import canonical_answer_sentence, format_number, parse_number
+from mcckd.answers import canonical_answer, canonical_answer_sentence
 
 STAGE_VERSION = 1
 
 
 class MaterializeSettings(BaseModel):
     """No settings yet: the canonical sentence is fixed by ``mcckd.answers``; the model keeps the stage uniform."""
-
-
-def canonical_answer(gold: str) -> str:
-    value = parse_number(gold)
-    return format_number(value) if value is not None else gold.strip()
 
 
 def with_answer_sentence(rationale: str, answer: str) -> tuple[str, tuple[int, int], bool]:

@@ -1,0 +1,120 @@
+"""Importing recorded rationales, malformed rows, and the judge on the papers' real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from mcckd.answers import answers_match, extract_answer
+from mcckd.stages import execute
+from mcckd.stages.import_recorded import ImportSettings, RecordedDataError
+from mcckd.stages.judge import JudgeSettings
+from tests.shared_data import SHARED_DATA, needs_shared
+
+
+def import_and_judge(tmp_path: Path, recorded: Path) -> list[dict]:
+    execute("import", ImportSettings(teacher_name="t"), tmp_path / "imp", {"recorded": recorded})
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
+    return pq.read_table(tmp_path / "jud" / "judged.parquet").to_pylist()
+
+
+def write_json(path: Path, rows: object) -> Path:
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"output": ["x"], "label": "1"}], r"rows\.json: row 0: missing field 'instruction' or 'question'"),
+        ([{"instruction": "q", "output": ["a"]}, {"instruction": "q2"}], r"row 1: missing field 'output'"),
+        ([{"instruction": "q", "output": [1, 2]}], r"row 0: field 'output' must be text or a list of texts"),
+        ([{"instruction": "q", "output": "a", "label": {"x": 1}}], r"row 0: field 'label' must be text or a number"),
+        (["just a string"], r"row 0: expected an object, got str"),
+        ({"instruction": "q"}, r"expected a JSON list of rows, got dict"),
+    ],
+)
+def test_structural_problems_name_file_row_and_field(tmp_path, rows, message):
+    path = write_json(tmp_path / "rows.json", rows)
+    with pytest.raises(RecordedDataError, match=message):
+        execute("import", ImportSettings(), tmp_path / "out", {"recorded": path})
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_non_utf8_bytes_name_the_byte(tmp_path):
+    path = tmp_path / "latin1.json"
+    path.write_bytes('[{"instruction": "caf\xe9", "output": "x"}]'.encode("latin-1"))
+    with pytest.raises(RecordedDataError, match=r"latin1\.json: not UTF-8 at byte 21"):
+        execute("import", ImportSettings(), tmp_path / "out", {"recorded": path})
+
+
+def test_broken_json_names_line_and_column(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"instruction": "q", "output": "a"}\n{"instruction": \n')
+    with pytest.raises(RecordedDataError, match=r"broken\.jsonl: invalid JSON at line 1 column 17"):
+        execute("import", ImportSettings(), tmp_path / "out", {"recorded": path})
+
+
+def test_content_problems_become_ledger_rows_not_drops(tmp_path):
+    rows = [
+        {"instruction": "q0", "output": ["", "2 + 2 = 4. The answer is 4."], "label": "4"},
+        {"instruction": "q1", "output": ["The answer is 7."], "label": "not an answer"},
+        {"instruction": "q2", "output": ["1 + 1 = 2. " * 100_000 + "The answer is 2."], "label": 2},
+        {"instruction": "q3", "output": "The answer is 5."},  # no label at all
+    ]
+    judged = import_and_judge(tmp_path, write_json(tmp_path / "rows.json", rows))
+    verdicts = [(r["question_id"], r["sample_index"], r["verdict"]) for r in judged]
+    assert verdicts == [
+        ("rows-0", 0, "empty"),
+        ("rows-0", 1, "correct"),
+        ("rows-1", 0, "bad_label"),
+        ("rows-2", 0, "over_long"),
+        ("rows-3", 0, "no_gold_answer"),
+    ]
+    ledger = pq.read_table(tmp_path / "jud" / "rejections.parquet").to_pylist()
+    assert len(ledger) == 4  # every row but the correct one, each with its reason
+
+
+def test_json_jsonl_and_parquet_import_the_same_rows(tmp_path):
+    import pyarrow as pa
+
+    rows = [
+        {"instruction": "q", "output": ["a. The answer is 1.", "b. The answer is 1."], "label": "1"},
+        {"instruction": "r", "output": ["c. The answer is 2."], "label": "2"},
+    ]
+    write_json(tmp_path / "r.json", rows)
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    imported = []
+    for name in ("r.json", "r.jsonl", "r.parquet"):
+        execute("import", ImportSettings(), tmp_path / name.replace(".", "_"), {"recorded": tmp_path / name})
+        table = pq.read_table(tmp_path / name.replace(".", "_") / "samples.parquet")
+        imported.append([(r["question"], r["answer"], r["sample_index"], r["rationale"]) for r in table.to_pylist()])
+    assert imported[0] == imported[1] == imported[2]
+    assert len(imported[0]) == 3
+
+
+@needs_shared
+def test_mcckd_svamp_file_yields_7000_rows_for_700_questions(tmp_path):
+    judged = import_and_judge(tmp_path, SHARED_DATA / "mcckd" / "SVAMP" / "train.json")
+    assert len(judged) == 7000 and len({r["question_id"] for r in judged}) == 700
+    correct = sum(r["verdict"] == "correct" for r in judged)
+    duplicates = sum(r["verdict"] == "duplicate" for r in judged)
+    # About 67% reach the gold label (the data README's figure); exact duplicates are set aside.
+    assert 0.64 < correct / 7000 < 0.68 and 0.66 < (correct + duplicates) / 7000 < 0.70
+
+
+@needs_shared
+def test_gsm8k_extraction_agrees_with_predict_field():
+    rows = json.loads((SHARED_DATA / "mcckd" / "GSM8K" / "dev.json").read_text())
+    agree = sum(answers_match(extract_answer(r["output"]), r["predict"]) for r in rows)
+    assert agree / len(rows) >= 0.995, f"{agree}/{len(rows)}"
+
+
+@needs_shared
+def test_csqa_labels_are_choices():
+    rows = json.loads((SHARED_DATA / "mcckd" / "CSQA" / "dev.json").read_text())
+    assert all(answers_match(extract_answer(f"So the answer is ({r['label']}).", "choice"), r["label"]) for r in rows)
