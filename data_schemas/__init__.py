@@ -86,6 +86,22 @@ def rejection(
     }
 
 
+def rejections_table(stage: str, rows: pa.Table, reasons: list[str], details: list[str]) -> pa.Table:
+    """Ledger rows for the sample rows ``rows`` (a ``SAMPLES``-like table), built column-wise."""
+    n = rows.num_rows
+    return pa.table(
+        {
+            "stage": pa.array([stage] * n, pa.string()),
+            "question_id": rows.column("question_id"),
+            "teacher": rows.column("teacher"),
+            "sample_index": rows.column("sample_index"),
+            "reason": pa.array(reasons, pa.string()),
+            "detail": pa.array(details, pa.string()),
+        },
+        schema=REJECTIONS,
+    )
+
+
 ANSWER_SPAN = pa.struct([("start", pa.int32()), ("end", pa.int32())])
 
 # The materialized training set: one row per question with its K rationales and answer spans.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -11,7 +12,7 @@ from mcckd.__main__ import main as cli
 from mcckd.stages import execute
 from mcckd.stages.judge import JudgeSettings
 from mcckd.stages.materialize import MaterializeSettings, with_answer_sentence
-from mcckd.stages.select import SelectSettings, select_diverse
+from mcckd.stages.select import SelectSettings, jaccard_matrix, minhash_matrix, select_diverse, similarity_matrix
 
 
 def sample_row(qid: str, i: int, text: str, answer: str = "8", finish: str = "stop") -> dict:
@@ -112,10 +113,23 @@ def test_cli_runs_one_stage_and_is_idempotent(tmp_path, samples_file, capsys):
     assert '"correct"' in capsys.readouterr().out
 
 
-def test_select_diverse_prefers_dissimilar_texts():
-    texts = ["a b c d e f", "a b c d e g", "p q r s t u"]
-    picks = [i for i, _ in select_diverse(texts, 2, 2)]
+@pytest.mark.parametrize("similarity", ["jaccard", "minhash"])
+def test_select_diverse_prefers_dissimilar_texts(similarity):
+    texts = [
+        "start with five then add three to get eight",
+        "start with five then add three to get eight now",
+        "let x be five and x plus three is eight",
+    ]
+    sim = similarity_matrix(texts, SelectSettings(k=2, ngram=2, similarity=similarity, num_perm=256))
+    picks = [i for i, _ in select_diverse(sim, 2)]
     assert 2 in picks and len(picks) == 2
+
+
+def test_minhash_estimates_jaccard():
+    texts = [f"w{i} " * 1 + " ".join(f"t{j}" for j in range(i, i + 60)) for i in range(0, 40, 8)]
+    exact = jaccard_matrix(texts, 3)
+    estimate = minhash_matrix(texts, 3, num_perm=512)
+    assert np.abs(exact - estimate).max() < 0.1
 
 
 def test_answer_sentence_is_appended_when_missing():

@@ -1,8 +1,10 @@
 """Stage 3, select: keep the K most mutually diverse correct rationales of each question.
 
-Diversity is word n-gram Jaccard similarity, the MCC-KD paper's choice. Selection is greedy
-max-min: start from the rationale least similar on average to the others, then repeatedly add the
-one whose highest similarity to those already kept is lowest. Questions with fewer than K correct
+Diversity is word n-gram Jaccard similarity, the MCC-KD paper's choice (``similarity="jaccard"``,
+exact), or its MinHash estimate (``"minhash"``, `datasketch`, for long rationales and large runs).
+Selection is greedy max-min over the similarity matrix: start from the rationale least similar on
+average to the others, then repeatedly add the one whose highest similarity to those already kept
+is lowest. Questions with fewer than K correct
 rationales follow ``fewer_than_k``: "keep" them with what they have (one rationale still teaches
 through cross-entropy, it just adds no consistency pair) or "drop" them; either way the outcome is
 recorded per question in ``outcomes.parquet`` and every unselected rationale gets a ledger row.
@@ -11,14 +13,15 @@ recorded per question in ``outcomes.parquet`` and every unselected rationale get
 from __future__ import annotations
 
 from collections import Counter
-from itertools import groupby
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, rejection, write_table
+from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, rejections_table, write_table
 
 STAGE_VERSION = 2
 
@@ -26,6 +29,8 @@ STAGE_VERSION = 2
 class SelectSettings(BaseModel):
     k: int = 3
     ngram: int = 3
+    similarity: Literal["jaccard", "minhash"] = "jaccard"
+    num_perm: int = 64  # MinHash permutations: the estimate's standard error is about 1/sqrt(num_perm)
     fewer_than_k: Literal["keep", "drop"] = "keep"
 
 
@@ -41,54 +46,89 @@ def jaccard(a: frozenset, b: frozenset) -> float:
     return len(a & b) / union if union else 1.0
 
 
-def select_diverse(texts: list[str], k: int, n: int) -> list[tuple[int, float]]:
-    """Indices of up to ``k`` mutually diverse texts, each with its max similarity to the others kept."""
+def jaccard_matrix(texts: list[str], n: int) -> np.ndarray:
     grams = [word_ngrams(t, n) for t in texts]
-    sim = [[jaccard(a, b) for b in grams] for a in grams]
-    if len(texts) <= 1:
-        return [(i, 0.0) for i in range(len(texts))]
-    mean_sim = [(sum(row) - 1.0) / (len(texts) - 1) for row in sim]
-    chosen = [min(range(len(texts)), key=lambda i: (mean_sim[i], i))]
-    while len(chosen) < min(k, len(texts)):
-        rest = [i for i in range(len(texts)) if i not in chosen]
-        chosen.append(min(rest, key=lambda i: (max(sim[i][j] for j in chosen), i)))
-    return [(i, max((sim[i][j] for j in chosen if j != i), default=0.0)) for i in chosen]
+    return np.array([[jaccard(a, b) for b in grams] for a in grams])
+
+
+def minhash_matrix(texts: list[str], n: int, num_perm: int) -> np.ndarray:
+    """Estimated Jaccard: the share of equal MinHash values between two rationales' signatures."""
+    from datasketch import MinHash
+
+    grams = [[" ".join(g).encode() for g in word_ngrams(t, n)] for t in texts]
+    signatures = np.stack([m.hashvalues for m in MinHash.bulk(grams, num_perm=num_perm)])
+    return (signatures[:, None, :] == signatures[None, :, :]).mean(-1)
+
+
+def select_diverse(sim: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """Up to ``k`` mutually diverse indices of a similarity matrix, each with its max similarity to
+    the others kept (greedy max-min; ties go to the lower index, so the result is deterministic)."""
+    count = len(sim)
+    if count <= 1:
+        return [(i, 0.0) for i in range(count)]
+    mean_sim = (sim.sum(1) - sim.diagonal()) / (count - 1)
+    chosen = [int(np.argmin(mean_sim))]
+    while len(chosen) < min(k, count):
+        closest = sim[:, chosen].max(1)
+        closest[chosen] = np.inf
+        chosen.append(int(np.argmin(closest)))
+    return [(i, float(max((sim[i, j] for j in chosen if j != i), default=0.0))) for i in chosen]
+
+
+def similarity_matrix(texts: list[str], settings: SelectSettings) -> np.ndarray:
+    if settings.similarity == "minhash":
+        return minhash_matrix(texts, settings.ngram, settings.num_perm)
+    return jaccard_matrix(texts, settings.ngram)
+
+
+def outcome_of(correct: int, settings: SelectSettings) -> str:
+    if correct == 0:
+        return "no_correct"
+    if correct >= settings.k:
+        return "full"
+    return "kept_fewer" if settings.fewer_than_k == "keep" else "dropped_fewer"
 
 
 def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
-    rows = read_table(judged, JUDGED).to_pylist()
-    selected, rejections, outcomes = [], [], []
-    by_question = groupby(sorted(rows, key=lambda r: r["question_id"]), key=lambda r: r["question_id"])
-    for qid, group in tqdm(by_question, desc="select", unit="question"):
-        correct = [r for r in group if r["verdict"] == "correct"]
-        picks = select_diverse([r["rationale"] for r in correct], settings.k, settings.ngram)
-        if not correct:
-            outcome = "no_correct"
-        elif len(correct) >= settings.k:
-            outcome = "full"
-        else:
-            outcome = "kept_fewer" if settings.fewer_than_k == "keep" else "dropped_fewer"
-        if outcome == "dropped_fewer":
-            picks = []
-        kept = {i for i, _ in picks}
-        for rank, (i, max_sim) in enumerate(picks):
-            selected.append({**correct[i], "selection_rank": rank, "max_similarity": max_sim})
-        for i, r in enumerate(correct):
-            if i not in kept:
-                why = "fewer_than_k" if outcome == "dropped_fewer" else "not_diverse_enough"
-                rejections.append(
-                    rejection(
-                        "select", qid, why, f"{len(correct)} correct, k={settings.k}", r["teacher"], r["sample_index"]
-                    )
-                )
-        outcomes.append({"question_id": qid, "correct": len(correct), "selected": len(picks), "outcome": outcome})
+    table = read_table(judged, JUDGED)
+    cols = table.select(["question_id", "verdict", "rationale"]).to_pydict()
+    correct_rows: dict[str, list[int]] = {}
+    for i, (qid, v) in enumerate(zip(cols["question_id"], cols["verdict"], strict=True)):
+        rows = correct_rows.setdefault(qid, [])
+        if v == "correct":
+            rows.append(i)
+    picked, ranks, max_sims, dropped, drop_reasons, drop_details, outcomes = [], [], [], [], [], [], []
+    for qid in tqdm(sorted(correct_rows), desc="select", unit="question"):
+        rows = correct_rows[qid]
+        outcome = outcome_of(len(rows), settings)
+        picks = (
+            []
+            if outcome == "dropped_fewer"
+            else select_diverse(similarity_matrix([cols["rationale"][i] for i in rows], settings), settings.k)
+        )
+        for rank, (j, max_sim) in enumerate(picks):
+            picked.append(rows[j])
+            ranks.append(rank)
+            max_sims.append(max_sim)
+        kept = {j for j, _ in picks}
+        why = "fewer_than_k" if outcome == "dropped_fewer" else "not_diverse_enough"
+        for j, row in enumerate(rows):
+            if j not in kept:
+                dropped.append(row)
+                drop_reasons.append(why)
+                drop_details.append(f"{len(rows)} correct, k={settings.k}")
+        outcomes.append({"question_id": qid, "correct": len(rows), "selected": len(picks), "outcome": outcome})
+    selected = table.take(picked).append_column("selection_rank", pa.array(ranks, pa.int32()))
+    selected = selected.append_column("max_similarity", pa.array(max_sims, pa.float32()))
     write_table(selected, out_dir / "selected.parquet", SELECTED)
-    write_table(rejections, out_dir / "rejections.parquet", REJECTIONS)
+    ledger = rejections_table("select", table.take(dropped), drop_reasons, drop_details)
+    write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
     write_table(outcomes, out_dir / "outcomes.parquet", SELECTION_OUTCOMES)
     multi = {o["question_id"] for o in outcomes if o["selected"] >= 2}
-    sims = [r["max_similarity"] for r in selected if r["question_id"] in multi]
+    qids = selected.column("question_id").to_pylist()
+    sims = [s for q, s in zip(qids, max_sims, strict=True) if q in multi]
     return {
-        "selected": len(selected),
+        "selected": len(picked),
         "questions": sum(o["selected"] > 0 for o in outcomes),
         "outcomes": dict(Counter(o["outcome"] for o in outcomes)),
         "mean_max_similarity": sum(sims) / len(sims) if sims else None,
