@@ -114,6 +114,15 @@ def distill(config: DistillConfig) -> dict:
     ]:
         _publish(f"{key}-summary", stage, ref.path)
     create_table_artifact(
+        key="rejection-ledger",
+        table=[
+            {"stage: reason": k, "rationales": v}
+            for k, v in sorted(report.rejection_counts(judged.path, selected.path).items())
+        ],
+        description="every rationale that did not reach the training set, by stage and reason "
+        "(rows in each stage's rejections.parquet)",
+    )
+    create_table_artifact(
         key="judge-verdicts",
         table=[{"verdict": k, "rationales": v} for k, v in report.verdict_counts(judged.path).items()],
         description="judged samples by verdict (everything but 'correct' is in the rejection ledger)",

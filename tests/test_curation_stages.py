@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_schemas import SAMPLES, SchemaError, read_table, write_table
+from data_schemas import SAMPLES, TRAINSET, SchemaError, read_table, write_table
 from mcckd.__main__ import main as cli
 from mcckd.stages import execute
 from mcckd.stages.judge import JudgeSettings
@@ -150,3 +150,15 @@ def test_missing_column_names_file_and_column(tmp_path):
     pq.write_table(pa.table({"question_id": ["x"]}), path)
     with pytest.raises(SchemaError, match=r"short\.parquet: missing column 'question'"):
         read_table(path, SAMPLES)
+
+
+def test_training_set_loads_as_hf_dataset(tmp_path, samples_file):
+    from datasets import Dataset
+
+    execute("judge", JudgeSettings(), tmp_path / "j", {"samples": samples_file})
+    execute("select", SelectSettings(k=3), tmp_path / "s", {"judged": tmp_path / "j/judged.parquet"})
+    execute("materialize", MaterializeSettings(), tmp_path / "m", {"selected": tmp_path / "s/selected.parquet"})
+    ds = Dataset.from_parquet(str(tmp_path / "m/train.parquet"), cache_dir=str(tmp_path / "hf-cache"))
+    assert ds.num_rows == 2 and ds.column_names == TRAINSET.names
+    row = ds[0]
+    assert row["rationales"][0][row["answer_spans"][0]["start"] : row["answer_spans"][0]["end"]] == row["answer"]

@@ -1,4 +1,5 @@
-"""The six stages and the one way to run any of them: :func:`execute`.
+"""The stages (sample or import, judge, select, materialize, train, evaluate) and the one way to
+run any of them: :func:`execute`.
 
 Each stage module has a pydantic ``*Settings`` model, a ``STAGE_VERSION`` (bump it when the
 stage's output for the same inputs changes) and ``run(settings, out_dir, **inputs) -> summary``.
@@ -8,42 +9,49 @@ and the Prefect tasks both call it, so a container, a test and the flow run exac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from pydantic import BaseModel
 
-from mcckd.stages import evaluate, import_recorded, judge, materialize, sample, select, train
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete, read_manifest
 
 
 @dataclass(frozen=True)
 class Stage:
+    """A stage, imported only when used: ``judge`` in a container need not load torch or vLLM."""
+
     name: str
-    settings: type[BaseModel]
-    run: Callable[..., dict]
-    version: int
-    inputs: tuple[str, ...]  # named Parquet/folder inputs; () with ``any_inputs`` = named by the caller
+    module_name: str
+    settings_name: str
+    inputs: tuple[str, ...]  # named inputs; () = named by the caller (evaluate: one per test split)
     uses_accelerator: bool  # runs in its own process, so GPU memory is returned when it ends
-    any_inputs: bool = False
 
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"mcckd.stages.{self.module_name}")
 
-def _stage(name: str, module: ModuleType, settings: type[BaseModel], inputs: tuple[str, ...], accel: bool) -> Stage:
-    return Stage(name, settings, module.run, module.STAGE_VERSION, inputs, accel, any_inputs=not inputs)
+    @property
+    def settings(self) -> type[BaseModel]:
+        return getattr(self.module, self.settings_name)
+
+    @property
+    def version(self) -> int:
+        return self.module.STAGE_VERSION
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        _stage("sample", sample, sample.SampleSettings, ("questions",), True),
-        _stage("import", import_recorded, import_recorded.ImportSettings, ("recorded",), False),
-        _stage("judge", judge, judge.JudgeSettings, ("samples",), False),
-        _stage("select", select, select.SelectSettings, ("judged",), False),
-        _stage("materialize", materialize, materialize.MaterializeSettings, ("selected",), False),
-        _stage("train", train, train.TrainSettings, ("trainset",), True),
-        _stage("evaluate", evaluate, evaluate.EvaluateSettings, (), True),  # one input per test split
+        Stage("sample", "sample", "SampleSettings", ("questions",), True),
+        Stage("import", "import_recorded", "ImportSettings", ("recorded",), False),
+        Stage("judge", "judge", "JudgeSettings", ("samples",), False),
+        Stage("select", "select", "SelectSettings", ("judged",), False),
+        Stage("materialize", "materialize", "MaterializeSettings", ("selected",), False),
+        Stage("train", "train", "TrainSettings", ("trainset",), True),
+        Stage("evaluate", "evaluate", "EvaluateSettings", (), True),
     ]
 }
 
@@ -67,6 +75,6 @@ def execute(stage: str, settings: BaseModel, out_dir: Path, inputs: dict[str, Pa
             raise FileNotFoundError(f"stage {stage!r}: input {name!r} does not exist: {path}")
     manifest = {"stage": stage, "version": spec.version, "settings": settings.model_dump(mode="json"), "inputs": inputs}
     with atomic_stage_dir(out_dir, manifest) as tmp:
-        summary = spec.run(settings, tmp, **{k: Path(v) for k, v in inputs.items()})
+        summary = spec.module.run(settings, tmp, **{k: Path(v) for k, v in inputs.items()})
         manifest["summary"] = summary
     return summary
