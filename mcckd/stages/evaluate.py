@@ -18,7 +18,7 @@ from mcckd.answers import answer_kind, answers_match, extract_answer
 from mcckd.generation import VllmSettings, open_llm
 from mcckd.prompts import load_prompt, render
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class EvaluateSettings(BaseModel):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from data_schemas import JUDGED, REJECTIONS, SAMPLES, read_table, rejections_table, write_table
 from mcckd.answers import answer_kind, answers_match, extract_answer
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class JudgeSettings(BaseModel):
