@@ -129,6 +129,16 @@ TRAIN_LOG = pa.schema(
     ]
 )
 
+DEV_LOG = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("epoch", pa.int64()),
+        ("dev_cross_entropy", pa.float64()),
+        ("dev_answer_token_accuracy", pa.float64()),
+        ("best", pa.bool_()),
+    ]
+)
+
 PREDICTIONS = pa.schema(
     [
         ("model", pa.string()),

@@ -43,6 +43,7 @@ class DemoSettings(BaseModel):
     alpha: float = 0.05
     questions_per_batch: int = 16
     learning_rate: float = 3e-3
+    dev_fraction: float = 0.05  # held-out questions that pick the best epoch's weights
 
 
 @task(name="demo-questions")
@@ -60,6 +61,7 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
         epochs=settings.epochs,
         questions_per_batch=settings.questions_per_batch,
         learning_rate=settings.learning_rate,
+        dev_fraction=settings.dev_fraction,
         seed=settings.seed,
     )
     return DistillConfig(

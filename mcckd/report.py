@@ -98,7 +98,11 @@ def write_report(
     for name, d in train_dirs.items():
         shutil.copyfile(d / "loss.png", report_dir / f"loss_{name}.png")
         s = stage_summary(d)
-        losses.append(f"| {name} | {s['steps']} | {s['final_cross_entropy']:.4f} | {s['seconds']:.0f} |")
+        best = s.get("best_step") or "last"
+        losses.append(
+            f"| {name} | {s['steps']} | {s['final_cross_entropy']:.4f} | {s.get('dev_questions', 0)} | {best} "
+            f"| {s['seconds']:.0f} |"
+        )
     select = stage_summary(stage_dirs["select"])
     text = (
         f"""# Distillation report
@@ -123,8 +127,8 @@ Jaccard similarity to the others kept: {_fmt(select["mean_max_similarity"])}.
 
 ## Training
 
-| student | steps | final cross-entropy | seconds |
-|---|---:|---:|---:|
+| student | steps | final cross-entropy | dev questions | kept step | seconds |
+|---|---:|---:|---:|---:|---:|
 {chr(10).join(losses)}
 
 {chr(10).join(f"![{n}](loss_{n}.png)" for n in train_dirs)}

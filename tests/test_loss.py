@@ -10,6 +10,7 @@ import torch
 from mcckd.training.loss import (
     IGNORE_INDEX,
     answer_consistency,
+    gather_span,
     mcc_kd_loss,
     question_pairs,
     sequence_cross_entropy,
@@ -70,7 +71,7 @@ def test_consistency_matches_per_pair_loop(temperature: float):
     logits, _, span_positions, span_mask = random_batch(seed=1)
     pairs = question_pairs([0, 0, 0, 1, 2, 2], "all")
     assert pairs.tolist() == [[0, 1], [0, 2], [1, 2], [4, 5]]
-    fast = answer_consistency(logits, span_positions, span_mask, pairs, temperature)
+    fast = answer_consistency(gather_span(logits, span_positions), span_mask, pairs, temperature)
     slow = reference_consistency(logits, span_positions, span_mask, pairs, temperature)
     assert abs(fast.item() - float(slow)) < 1e-5
 
@@ -78,7 +79,7 @@ def test_consistency_matches_per_pair_loop(temperature: float):
 def test_total_is_ce_plus_alpha_consistency():
     logits, labels, span_positions, span_mask = random_batch(seed=2)
     pairs = question_pairs([0, 0, 1, 1, 2, 2], "all")
-    parts = mcc_kd_loss(logits, labels, span_positions, span_mask, pairs, alpha=0.3)
+    parts = mcc_kd_loss(logits, labels, gather_span(logits, span_positions), span_mask, pairs, alpha=0.3)
     expected = reference_ce(logits, labels).mean() + 0.3 * reference_consistency(
         logits, span_positions, span_mask, pairs, 1.0
     )
@@ -88,7 +89,7 @@ def test_total_is_ce_plus_alpha_consistency():
 def test_alpha_zero_is_exactly_std_cot():
     logits, labels, span_positions, span_mask = random_batch(seed=3)
     pairs = question_pairs([0, 0, 1, 1, 2, 2], "all")
-    parts = mcc_kd_loss(logits, labels, span_positions, span_mask, pairs, alpha=0.0)
+    parts = mcc_kd_loss(logits, labels, gather_span(logits, span_positions), span_mask, pairs, alpha=0.0)
     assert torch.equal(parts.total, sequence_cross_entropy(logits, labels).mean())
     assert parts.consistency.item() == 0.0
 
@@ -97,7 +98,7 @@ def test_gradients_reach_both_rationales_of_a_pair():
     logits, _, span_positions, span_mask = random_batch(seed=4)
     logits.requires_grad_(True)
     pairs = torch.tensor([[0, 1]])
-    answer_consistency(logits, span_positions, span_mask, pairs).backward()
+    answer_consistency(gather_span(logits, span_positions), span_mask, pairs).backward()
     grad = logits.grad
     assert grad[0].abs().sum() > 0 and grad[1].abs().sum() > 0
     assert grad[2:].abs().sum() == 0  # rows outside the pair get nothing
@@ -125,4 +126,4 @@ def test_sampled_pairs_take_one_pair_per_question():
 def test_no_pairs_gives_zero_consistency():
     logits, _, span_positions, span_mask = random_batch()
     empty = question_pairs([0, 1, 2, 3, 4, 5], "all")
-    assert answer_consistency(logits, span_positions, span_mask, empty).item() == 0.0
+    assert answer_consistency(gather_span(logits, span_positions), span_mask, empty).item() == 0.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -102,10 +103,12 @@ def train_and_save(model, tokenizer, examples: list[Example], cfg: TrainConfig, 
     if rejected:
         raise ValueError(f"{len(rejected)} demo examples did not encode, first: {rejected[0]}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = train_causal_lm(model, tokenizer, groups, cfg, out_dir / "train_log.jsonl", desc=desc)
-    model.save_pretrained(str(out_dir))
+    with tempfile.TemporaryDirectory() as work_dir:
+        result = train_causal_lm(model, tokenizer.pad_token_id, groups, cfg, Path(work_dir), desc=desc)
+    result.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    summary = {"config": cfg.model_dump(), "examples": len(examples), "final": log[-1]}
+    (out_dir / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in result.log))
+    summary = {"config": cfg.model_dump(), "examples": len(examples), "final": result.log[-1]}
     (out_dir / "build.json").write_text(json.dumps(summary, indent=2))
 
 

@@ -10,6 +10,9 @@ and the Prefect tasks both call it, so a container, a test and the flow run exac
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +31,7 @@ class Stage:
     settings_name: str
     inputs: tuple[str, ...]  # named inputs; () = named by the caller (evaluate: one per test split)
     uses_accelerator: bool  # runs in its own process, so GPU memory is returned when it ends
+    resumable: bool = False  # ``run`` takes a ``work_dir`` that outlives a killed run
 
     @property
     def module(self) -> ModuleType:
@@ -45,12 +49,12 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
-        Stage("sample", "sample", "SampleSettings", ("questions",), True),
+        Stage("sample", "sample", "SampleSettings", ("questions",), True, resumable=True),
         Stage("import", "import_recorded", "ImportSettings", ("recorded",), False),
         Stage("judge", "judge", "JudgeSettings", ("samples",), False),
         Stage("select", "select", "SelectSettings", ("judged",), False),
         Stage("materialize", "materialize", "MaterializeSettings", ("selected",), False),
-        Stage("train", "train", "TrainSettings", ("trainset",), True),
+        Stage("train", "train", "TrainSettings", ("trainset",), True, resumable=True),
         Stage("evaluate", "evaluate", "EvaluateSettings", (), True),
     ]
 }
@@ -62,8 +66,18 @@ def stage_fingerprint(stage: str, settings: BaseModel, input_fingerprints: dict[
     return fingerprint(stage, spec.version, settings, input_fingerprints)
 
 
+def work_dir_for(out_dir: Path) -> Path:
+    """Where a resumable stage keeps shards and checkpoints: stable across runs, beside the output."""
+    return out_dir.parent / f".work-{out_dir.name}"
+
+
 def execute(stage: str, settings: BaseModel, out_dir: Path, inputs: dict[str, Path]) -> dict:
-    """Run one stage into ``out_dir`` atomically; a complete folder is returned as is (no work)."""
+    """Run one stage into ``out_dir`` atomically; a complete folder is returned as is (no work).
+
+    A resumable stage continues from its work folder if a previous run was killed; the work folder
+    is removed once the output is complete. Under ``torchrun`` only rank 0 writes ``out_dir``;
+    the other ranks write into a scratch folder that is thrown away.
+    """
     if is_complete(out_dir):
         return read_manifest(out_dir)["summary"]
     spec = STAGES[stage]
@@ -73,8 +87,16 @@ def execute(stage: str, settings: BaseModel, out_dir: Path, inputs: dict[str, Pa
     for name, path in inputs.items():
         if not Path(path).exists():
             raise FileNotFoundError(f"stage {stage!r}: input {name!r} does not exist: {path}")
+    kwargs = {k: Path(v) for k, v in inputs.items()}
+    if spec.resumable:
+        kwargs["work_dir"] = work_dir_for(out_dir)
+    if int(os.environ.get("RANK", "0")) > 0:
+        with tempfile.TemporaryDirectory(prefix=f"mcckd-{stage}-rank") as scratch:
+            return spec.module.run(settings, Path(scratch), **kwargs)
     manifest = {"stage": stage, "version": spec.version, "settings": settings.model_dump(mode="json"), "inputs": inputs}
     with atomic_stage_dir(out_dir, manifest) as tmp:
-        summary = spec.module.run(settings, tmp, **{k: Path(v) for k, v in inputs.items()})
+        summary = spec.module.run(settings, tmp, **kwargs)
         manifest["summary"] = summary
+    if spec.resumable:
+        shutil.rmtree(kwargs["work_dir"], ignore_errors=True)
     return summary

@@ -1,9 +1,13 @@
 """Stage 5, train: fine-tune the student on the materialized rationales.
 
 In: ``train.parquet`` (``TRAINSET``) and a base model folder. Out: ``model/`` (weights +
-tokenizer), ``train_log.parquet`` (CE and consistency per step), ``loss.png``, and
-``rejections.parquet`` for rationales the student's tokenizer could not align. Std-CoT is
-``alpha = 0``; MCC-KD adds alpha x the answer-span consistency between a question's rationales.
+tokenizer; the best dev checkpoint when there is a dev split), ``train_log.parquet`` (CE and
+consistency per step), ``dev_log.parquet``, ``loss.png``, and ``rejections.parquet`` for
+rationales the student's tokenizer could not align. Std-CoT is ``alpha = 0``; MCC-KD adds alpha x
+the answer-span consistency between a question's rationales.
+
+Checkpoints live in the work folder, so a killed run resumes. Many GPUs (or CPU processes):
+``torchrun --nproc_per_node N -m mcckd train ...`` runs DDP; rank 0 writes the output.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel
 
-from data_schemas import REJECTIONS, TRAIN_LOG, TRAINSET, read_table, rejection, write_table
+from data_schemas import DEV_LOG, REJECTIONS, TRAIN_LOG, TRAINSET, read_table, rejection, write_table
 from mcckd.prompts import load_prompt, render
-from mcckd.training.data import Example, encode_groups
+from mcckd.training.data import Example, encode_groups, split_dev
 from mcckd.training.loop import TrainConfig, train_causal_lm
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class TrainSettings(BaseModel):
@@ -38,7 +42,7 @@ def examples_from_trainset(rows: list[dict], template: str) -> list[Example]:
     return examples
 
 
-def plot_losses(log: list[dict], path: Path) -> None:
+def plot_losses(log: list[dict], dev_log: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,6 +53,10 @@ def plot_losses(log: list[dict], path: Path) -> None:
     ax.plot(steps, [r["cross_entropy"] for r in log], label="cross-entropy")
     if any(r["consistency"] for r in log):
         ax.plot(steps, [r["consistency"] for r in log], label="consistency (KL)")
+    if dev_log:
+        ax.plot(
+            [r["step"] for r in dev_log], [r["dev_cross_entropy"] for r in dev_log], "o-", label="dev cross-entropy"
+        )
     ax.set_xlabel("step")
     ax.set_yscale("log")
     ax.legend()
@@ -57,7 +65,7 @@ def plot_losses(log: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run(settings: TrainSettings, out_dir: Path, trainset: Path) -> dict:
+def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rows = read_table(trainset, TRAINSET).to_pylist()
@@ -69,19 +77,28 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path) -> dict:
         out_dir / "rejections.parquet",
         REJECTIONS,
     )
-    if not groups:
-        raise ValueError(f"{trainset}: no trainable question left ({len(rejected)} rejected)")
+    train, dev = split_dev(groups, settings.loop.dev_fraction)
+    if not train:
+        raise ValueError(f"{trainset}: no trainable question left ({len(rejected)} rejected, {len(dev)} in dev)")
     model = AutoModelForCausalLM.from_pretrained(str(settings.base_model), dtype=torch.float32)
-    log = train_causal_lm(model, tokenizer, groups, settings.loop, desc=f"train alpha={settings.loop.alpha}")
-    model.save_pretrained(str(out_dir / "model"))
+    result = train_causal_lm(
+        model, tokenizer.pad_token_id, train, settings.loop, work_dir, dev, desc=f"train alpha={settings.loop.alpha}"
+    )
+    result.model.save_pretrained(str(out_dir / "model"))
     tokenizer.save_pretrained(str(out_dir / "model"))
-    write_table(pa.Table.from_pylist(log, schema=TRAIN_LOG), out_dir / "train_log.parquet", TRAIN_LOG)
-    plot_losses(log, out_dir / "loss.png")
+    write_table(pa.Table.from_pylist(result.log, schema=TRAIN_LOG), out_dir / "train_log.parquet", TRAIN_LOG)
+    write_table(pa.Table.from_pylist(result.dev_log, schema=DEV_LOG), out_dir / "dev_log.parquet", DEV_LOG)
+    plot_losses(result.log, result.dev_log, out_dir / "loss.png")
     return {
-        "questions": len(groups),
-        "rationales": sum(len(g) for g in groups),
+        "questions": len(train),
+        "dev_questions": len(dev),
+        "rationales": sum(len(g) for g in train),
         "rejected": len(rejected),
-        "steps": len(log),
-        "final_cross_entropy": log[-1]["cross_entropy"],
-        "seconds": log[-1]["seconds"],
+        "steps": len(result.log),
+        "resumed_from_step": result.resumed_from,
+        "best_step": result.best_step,
+        "final_cross_entropy": result.log[-1]["cross_entropy"],
+        "processes": len(result.weight_hashes),
+        "weight_hashes": result.weight_hashes,
+        "seconds": result.log[-1]["seconds"],
     }

@@ -8,6 +8,7 @@ than mis-aligned.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -90,11 +91,33 @@ def encode_groups(
     return kept, rejections
 
 
+def split_dev(groups: list[list[Encoded]], fraction: float) -> tuple[list[list[Encoded]], list[list[Encoded]]]:
+    """(train, dev) by a hash of the question id: stable when the training set grows or reorders."""
+    if not fraction:
+        return groups, []
+    cut = fraction * 2**32
+    in_dev = [int.from_bytes(hashlib.sha256(g[0].group.encode()).digest()[:4], "big") < cut for g in groups]
+    return [g for g, d in zip(groups, in_dev, strict=True) if not d], [
+        g for g, d in zip(groups, in_dev, strict=True) if d
+    ]
+
+
 def make_batches(groups: list[list[Encoded]], questions_per_batch: int, seed: int) -> list[list[list[Encoded]]]:
-    """Shuffle questions (not rationales: all K of a question share a batch) and cut into batches."""
+    """Shuffle questions (not rationales: all K of a question share a batch) and cut into batches.
+
+    Batches are as even as possible (sizes differ by at most one), so no short last batch: under
+    DDP every rank gets questions in every batch, and each step weighs about the same.
+    """
     order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
-    return [[groups[i] for i in order[s : s + questions_per_batch]] for s in range(0, len(order), questions_per_batch)]
+    count = max(1, -(-len(order) // questions_per_batch))
+    size, extra = divmod(len(order), count)
+    batches, start = [], 0
+    for b in range(count):
+        end = start + size + (b < extra)
+        batches.append([groups[i] for i in order[start:end]])
+        start = end
+    return batches
 
 
 def collate(batch: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor | list[int]]:

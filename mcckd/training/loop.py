@@ -1,25 +1,46 @@
 """The training loop: readable top to bottom, Std-CoT and MCC-KD differ only in ``alpha``.
 
-`accelerate` owns devices, mixed precision and (later) process groups; the step itself is plain
-PyTorch so nothing hides what is optimised.
+`accelerate` owns devices, mixed precision, process groups (DDP under ``torchrun`` or
+``accelerate launch``; FSDP and DeepSpeed through ``accelerate config``) and checkpoint files;
+`peft` adds LoRA. The step itself is plain PyTorch so nothing hides what is optimised.
+
+Resumable: every ``checkpoint_every`` optimizer steps the model, optimizer, scheduler, every
+rank's RNG and the step counter (which fixes the data position: batches are a pure function of
+seed and epoch) go to ``work_dir/checkpoints/step-N``; a new run with the same ``work_dir``
+continues from the newest one and its loss log continues as if never interrupted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from pydantic import BaseModel
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from mcckd.training.data import Encoded, collate, make_batches
-from mcckd.training.loss import mcc_kd_loss, question_pairs
+from mcckd.training.loss import LossParts, gather_span, mcc_kd_loss, question_pairs, sequence_cross_entropy
+
+
+class LoraSettings(BaseModel):
+    """LoRA adapters (peft); merged into the weights at the end so evaluation loads a plain model."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
 
 
 class TrainConfig(BaseModel):
@@ -27,76 +48,233 @@ class TrainConfig(BaseModel):
 
     alpha: float = 0.0  # 0 = Std-CoT; > 0 = MCC-KD consistency weight
     temperature: float = 1.0
-    pair_mode: str = "all"  # "all" pairs of a question's rationales, or one "sampled" pair per step
+    pair_mode: Literal["all", "sampled"] = "all"  # all pairs of a question's rationales, or one per step
     epochs: int = 3
-    questions_per_batch: int = 16
+    questions_per_batch: int = 16  # per optimizer micro-batch, across all processes
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     max_length: int = 256
-    precision: str = "fp32"  # "fp32" or "bf16" (autocast)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, weights and optimizer stay fp32
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None  # None = full fine-tuning
+    dev_fraction: float = 0.0  # questions held out (by id hash) to pick the best checkpoint
+    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = at the end of each epoch
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints; 0 = none
     seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: PreTrainedModel  # LoRA merged; the best dev checkpoint's weights when there is a dev split
+    log: list[dict[str, float]]  # one row per optimizer step
+    dev_log: list[dict[str, float]]
+    best_step: int | None
+    resumed_from: int  # 0 = fresh start
+    weight_hashes: list[str]  # one per process: DDP ranks must agree
+
+
+Micro = tuple[list[list[Encoded]], float]  # this rank's share of a batch, and its loss weight
+
+
+def step_plan(groups: list[list[Encoded]], cfg: TrainConfig, rank: int, world: int) -> list[tuple[int, list[Micro]]]:
+    """(epoch, micro-batches) for every optimizer step: a pure function of the seed, so a step
+    number is a data position.
+
+    Each batch's questions are dealt round-robin to the ranks. A rank's loss is weighted by its
+    share of the batch's rationales, so the DDP gradient (an average over ranks) is the mean over
+    the whole batch even when it does not split evenly: N processes optimise as one.
+    """
+    plan = []
+    for epoch in range(cfg.epochs):
+        batches = make_batches(groups, cfg.questions_per_batch, cfg.seed + epoch)
+        if min(len(b) for b in batches) < world:
+            raise ValueError(f"batches of {min(len(b) for b in batches)} questions cannot feed {world} processes")
+        micro = []
+        for b in batches:
+            mine = b[rank::world]
+            micro.append((mine, world * sum(map(len, mine)) / sum(map(len, b))))
+        for s in range(0, len(micro), cfg.gradient_accumulation_steps):
+            plan.append((epoch, micro[s : s + cfg.gradient_accumulation_steps]))
+    return plan
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """bf16 autocast when asked for (weights, gradients and optimizer state stay fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
+def to_device(tensors: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+
+def forward_loss(model, batch: list[list[Encoded]], cfg: TrainConfig, pad_id: int, pair_rng, accelerator) -> LossParts:
+    """One micro-batch: logits for the cross-entropy; span logits from the final hidden states.
+
+    The span rows of the last hidden state go through the LM head once more (N x S rows), so the
+    consistency term adds no logits-sized tensor and no dense gradient to the step.
+    """
+    t = collate(batch, pad_id)
+    pairs = question_pairs(t["group_ids"], cfg.pair_mode, pair_rng).to(accelerator.device)
+    t = to_device(t, accelerator.device)
+    consistent = cfg.alpha > 0
+    with autocast(cfg, accelerator.device):
+        out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], output_hidden_states=consistent)
+        if consistent:
+            lm_head = accelerator.unwrap_model(model).get_output_embeddings()
+            span_logits = lm_head(gather_span(out.hidden_states[-1], t["span_positions"]))
+        else:
+            span_logits = out.logits.new_empty(0)
+    return mcc_kd_loss(out.logits, t["labels"], span_logits, t["span_mask"], pairs, cfg.alpha, cfg.temperature)
+
+
+@torch.no_grad()
+def evaluate_dev(model: PreTrainedModel, dev: list[list[Encoded]], cfg: TrainConfig, pad_id: int, accelerator):
+    """Teacher-forced dev cross-entropy and answer-token accuracy (every answer token is the argmax)."""
+    model.eval()
+    ce_sum, exact, count = 0.0, 0, 0
+    for batch in make_batches(dev, cfg.questions_per_batch, 0):
+        t = {
+            k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in collate(batch, pad_id).items()
+        }
+        with autocast(cfg, accelerator.device):
+            logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+        ce_sum += sequence_cross_entropy(logits, t["labels"]).sum().item()
+        predicted = gather_span(logits, t["span_positions"]).argmax(-1)
+        target = gather_span(t["input_ids"], t["span_positions"] + 1)
+        exact += ((predicted == target) | ~t["span_mask"]).all(1).sum().item()
+        count += len(t["group_ids"])
+    model.train()
+    return {"dev_cross_entropy": ce_sum / count, "dev_answer_token_accuracy": exact / count}
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint (its ``trainer_state.json`` is written last, before the rename)."""
+    done = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict) -> None:
+    """Write to a temp folder, then rename: a kill mid-save leaves the previous checkpoint intact."""
+    tmp = root / f"tmp-step-{step}"
+    tmp.mkdir(parents=True, exist_ok=True)  # every rank writes its RNG state here
+    accelerator.save_state(str(tmp))  # model, optimizer, registered scheduler, each rank's RNG
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps(state))
+        os.replace(tmp, root / f"step-{step}")
+        for old in root.glob("step-*"):
+            if old.name != f"step-{step}":
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def weight_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def with_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+    return get_peft_model(model, config)
 
 
 def train_causal_lm(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    pad_id: int,
     groups: list[list[Encoded]],
     cfg: TrainConfig,
-    log_path: Path | None = None,
+    work_dir: Path,
+    dev: list[list[Encoded]] = (),
     desc: str = "train",
-) -> list[dict[str, float]]:
-    """Train ``model`` in place on grouped rationales; returns (and streams to ``log_path``) the loss log."""
+) -> TrainResult:
+    """Train on grouped rationales, resuming from ``work_dir`` if an earlier run left checkpoints."""
     set_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.precision == "bf16" else "no")
-    epoch_batches = [make_batches(groups, cfg.questions_per_batch, cfg.seed + e) for e in range(cfg.epochs)]
-    total_steps = sum(len(b) for b in epoch_batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
+    # cpu=True without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE on a CPU machine.
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=not torch.cuda.is_available()
+    )
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        model = with_lora(model, cfg.lora)
+    plan = step_plan(groups, cfg, accelerator.process_index, accelerator.num_processes)
+    eval_steps = eval_points(plan, cfg) if dev else set()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: accelerate would step a prepared scheduler once per process per step.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * len(plan)), len(plan))
+    accelerator.register_for_checkpointing(scheduler)
     pair_rng = torch.Generator().manual_seed(cfg.seed)
-    log: list[dict[str, float]] = []
-    log_file = log_path.open("w") if log_path else None
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not accelerator.is_main_process)
-    step, started = 0, time.perf_counter()
-    for epoch, batches in enumerate(epoch_batches):
-        for batch in batches:
-            t = collate(batch, tokenizer.pad_token_id)
-            pairs = question_pairs(t["group_ids"], cfg.pair_mode, pair_rng)
-            t = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
-            with accelerator.autocast():
-                logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-            parts = mcc_kd_loss(
-                logits,
-                t["labels"],
-                t["span_positions"],
-                t["span_mask"],
-                pairs.to(accelerator.device),
-                cfg.alpha,
-                cfg.temperature,
-            )
-            accelerator.backward(parts.total)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            row = {
+    ckpt_root, best_path = work_dir / "checkpoints", work_dir / "best.pt"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "seconds": 0.0, "log": [], "dev_log": [], "best": None}
+    latest = latest_checkpoint(ckpt_root)
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        pair_rng.set_state(torch.tensor(state.pop("pair_rng"), dtype=torch.uint8))
+        accelerator.print(f"{desc}: resuming from {latest} (step {state['step']} of {len(plan)})")
+    resumed_from = state["step"]
+    model.train()
+    bar = tqdm(total=len(plan), initial=resumed_from, desc=desc, unit="step", disable=not accelerator.is_main_process)
+    started = time.perf_counter() - state["seconds"]
+    for step in range(resumed_from + 1, len(plan) + 1):
+        epoch, micro_batches = plan[step - 1]
+        totals = torch.zeros(3, device=accelerator.device)
+        for k, (batch, weight) in enumerate(micro_batches):
+            last = k == len(micro_batches) - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                parts = forward_loss(model, batch, cfg, pad_id, pair_rng, accelerator)
+                accelerator.backward(parts.total * weight / len(micro_batches))
+            totals += torch.stack([parts.total, parts.cross_entropy, parts.consistency]).detach().float() * weight
+        accelerator.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss, ce, kl = (accelerator.reduce(totals / len(micro_batches), "mean")).tolist()
+        row = {"step": step, "epoch": epoch, "loss": loss, "cross_entropy": ce, "consistency": kl}
+        state["log"].append({**row, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
+        bar.set_postfix(ce=f"{ce:.3f}", kl=f"{kl:.3f}")
+        bar.update()
+        if step in eval_steps:
+            scores = {
                 "step": step,
                 "epoch": epoch,
-                "loss": parts.total.item(),
-                "cross_entropy": parts.cross_entropy.item(),
-                "consistency": parts.consistency.item(),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - started,
+                **evaluate_dev(accelerator.unwrap_model(model), dev, cfg, pad_id, accelerator),
             }
-            log.append(row)
-            if log_file:
-                log_file.write(json.dumps(row) + "\n")
-            bar.set_postfix(ce=f"{row['cross_entropy']:.3f}", kl=f"{row['consistency']:.3f}")
-            bar.update()
+            improved = state["best"] is None or scores["dev_cross_entropy"] < state["best"]["dev_cross_entropy"]
+            state["dev_log"].append({**scores, "best": improved})
+            if improved:
+                state["best"] = scores
+                weights = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed
+                if accelerator.is_main_process:
+                    torch.save(weights, best_path.with_suffix(".tmp"))
+                    os.replace(best_path.with_suffix(".tmp"), best_path)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < len(plan):
+            state["step"], state["seconds"] = step, time.perf_counter() - started
+            save_checkpoint(accelerator, ckpt_root, step, {**state, "pair_rng": pair_rng.get_state().tolist()})
     bar.close()
-    if log_file:
-        log_file.close()
-    return log
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if state["best"] is not None:
+        final.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+    hashes = gather_object([weight_hash(final)])
+    if cfg.lora is not None:
+        final = final.merge_and_unload()
+    best_step = state["best"]["step"] if state["best"] else None
+    return TrainResult(final, state["log"], state["dev_log"], best_step, resumed_from, hashes)
+
+
+def eval_points(plan: list[tuple[int, list]], cfg: TrainConfig) -> set[int]:
+    """Steps after which to score the dev split: every ``eval_every`` steps, or each epoch's last."""
+    if cfg.eval_every:
+        return {s for s in range(1, len(plan) + 1) if s % cfg.eval_every == 0} | {len(plan)}
+    return {s + 1 for s, (epoch, _) in enumerate(plan) if s + 1 == len(plan) or plan[s + 1][0] != epoch}

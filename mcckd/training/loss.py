@@ -32,24 +32,31 @@ def sequence_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     return (token_ce * counted).sum(1) / counted.sum(1).clamp(min=1.0)
 
 
+def gather_span(states: torch.Tensor, span_positions: torch.Tensor) -> torch.Tensor:
+    """Rows ``states[n, span_positions[n, s]]``, shape (N, S, ...): only the span, no dense copy.
+
+    The trainer gathers final hidden states (N, L, H) and projects just these rows through the LM
+    head, so no second logits-sized tensor (nor its gradient) ever exists.
+    """
+    rows = torch.arange(states.size(0), device=states.device).unsqueeze(1)
+    return states[rows, span_positions]
+
+
 def answer_consistency(
-    logits: torch.Tensor,
-    span_positions: torch.Tensor,
+    span_logits: torch.Tensor,
     span_mask: torch.Tensor,
     pairs: torch.Tensor,
     temperature: float = 1.0,
 ) -> torch.Tensor:
     """Mean over pairs (i, j) of (KL(p_i || p_j) + KL(p_j || p_i)) / 2 on the answer span.
 
-    ``span_positions`` (N, S) index the logits that predict each answer token (already shifted:
-    the position before the token); ``span_mask`` (N, S) marks real span tokens. Only the N x S
-    span rows are gathered, never a dense copy of all logits. Gradients reach both sides of every
-    pair, as in the paper. Returns a scalar; zero when there are no pairs.
+    ``span_logits`` (N, S, V) are the logits that predict each answer token (see
+    :func:`gather_span`); ``span_mask`` (N, S) marks real span tokens. Gradients reach both sides
+    of every pair, as in the paper. Returns a scalar; zero when there are no pairs.
     """
     if pairs.numel() == 0:
-        return logits.new_zeros(())
-    rows = torch.arange(logits.size(0), device=logits.device).unsqueeze(1)
-    span_logp = F.log_softmax(logits[rows, span_positions].float() / temperature, dim=-1)  # (N, S, V)
+        return span_logits.new_zeros((), dtype=torch.float32)
+    span_logp = F.log_softmax(span_logits.float() / temperature, dim=-1)
     logp_i, logp_j = span_logp[pairs[:, 0]], span_logp[pairs[:, 1]]
     kl_ij = F.kl_div(logp_j, logp_i, log_target=True, reduction="none").sum(-1)  # KL(p_i || p_j)
     kl_ji = F.kl_div(logp_i, logp_j, log_target=True, reduction="none").sum(-1)
@@ -68,7 +75,7 @@ class LossParts:
 def mcc_kd_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
-    span_positions: torch.Tensor,
+    span_logits: torch.Tensor,
     span_mask: torch.Tensor,
     pairs: torch.Tensor,
     alpha: float,
@@ -76,13 +83,14 @@ def mcc_kd_loss(
 ) -> LossParts:
     """MCC-KD: mean cross-entropy over all rationales + alpha x answer consistency.
 
-    With ``alpha == 0`` the consistency term is not computed and the loss is exactly Std-CoT.
+    With ``alpha == 0`` the consistency term is not computed and the loss is exactly Std-CoT
+    (``span_logits`` may then be an empty tensor).
     """
     ce = sequence_cross_entropy(logits, labels).mean()
     if alpha == 0:
         consistency = ce.new_zeros(())
         return LossParts(ce, ce, consistency)
-    consistency = answer_consistency(logits, span_positions, span_mask, pairs, temperature)
+    consistency = answer_consistency(span_logits, span_mask, pairs, temperature)
     return LossParts(ce + alpha * consistency, ce, consistency)
 
 
