@@ -25,6 +25,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete
+from mcckd.teachers import Sampling, TeacherSpec
 from mcckd.training.loop import TrainConfig
 
 QUESTIONS_VERSION = 1
@@ -70,10 +71,9 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
         train_questions=questions / "train.parquet",
         test_sets={split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")},
         sample=SampleSettings(
-            teacher=TEACHER_DIR,
-            teacher_name="demo-teacher",
+            teachers=[TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR))],
             num_samples=settings.num_samples,
-            temperature=settings.temperature,
+            sampling=Sampling(temperature=settings.temperature),
             seed=settings.seed,
         ),
         select=SelectSettings(k=settings.k),

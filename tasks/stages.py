@@ -8,15 +8,18 @@ returned when the stage ends.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
-from mcckd.stages import STAGES, execute
+from mcckd.stages import STAGES, execute, work_dir_for
 from mcckd.store import is_complete
 
 
@@ -34,10 +37,33 @@ def _run_stage(stage: str, settings: BaseModel, inputs: dict[str, str], out_dir:
         return out_dir
     cmd = [sys.executable, "-m", "mcckd", stage, "--out", out_dir, "--settings", settings.model_dump_json()]
     cmd += [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
-    code = subprocess.run(cmd).returncode
+    child = subprocess.Popen(cmd)
+    progress = work_dir_for(Path(out_dir)) / "progress.json"
+    artifact = None
+    while True:
+        try:
+            code = child.wait(timeout=2)
+            break
+        except subprocess.TimeoutExpired:
+            if STAGES[stage].resumable and progress.is_file():
+                artifact = report_progress(stage, progress, artifact)
     if code != 0 or not is_complete(Path(out_dir)):
         raise StageFailed(f"stage {stage} (fingerprint {fingerprint}) exited with {code} without completing {out_dir}")
     return out_dir
+
+
+def report_progress(stage: str, progress: Path, artifact: UUID | None) -> UUID | None:
+    """Mirror the child's ``progress.json`` into a Prefect progress artifact (percent done)."""
+    try:
+        record = json.loads(progress.read_text())
+    except (OSError, ValueError):  # replaced between the check and the read
+        return artifact
+    percent = 100.0 * record["done"] / max(1, record["total"])
+    if artifact is None:
+        what = f"{record['done']}/{record['total']} {record.get('unit', '')}".strip()
+        return create_progress_artifact(percent, key=f"{stage}-progress", description=f"{stage}: {what}")
+    update_progress_artifact(artifact, percent)
+    return artifact
 
 
 def _stage_task(stage: str, retries: int):

@@ -12,7 +12,12 @@ import json
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
 from flows.demo import DemoSettings, demo_config, demo_questions
 from flows.distill import distill
@@ -32,6 +37,11 @@ def task_states(flow_state) -> dict[str, list[str]]:
     for run in runs:
         states.setdefault(run.name.split("-")[0], []).append(run.state.name)
     return states
+
+
+def artifacts(key: str) -> list:
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
 def stage_folders(store) -> dict[str, float]:
@@ -74,6 +84,8 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
     assert "| mcc_kd |" in (root / "report" / "report.md").read_text()
     # questions, sample, judge, select, materialize, 2 x train, 4 x evaluate
     assert len(folders) == 11
+    [throughput] = json.loads(artifacts("teacher-throughput")[0].data)
+    assert throughput["teacher"] == "demo-teacher" and throughput["generated_tokens_per_s"] > 0
 
     second = distill(config, return_state=True)
     assert all(s == "Cached" for v in task_states(second).values() for s in v), task_states(second)
@@ -99,3 +111,24 @@ def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):
     assert sorted(states["evaluate"]) == ["Cached", "Cached", "Completed", "Completed"]  # teacher, base: cached
     new = set(stage_folders(store)) - set(folders)
     assert {f.split("/")[0] for f in new} == {"train", "evaluate"} and len(new) == 4
+
+
+def test_stage_progress_file_becomes_a_progress_artifact(prefect_harness, tmp_path):
+    from prefect import flow
+
+    from mcckd.store import write_progress
+    from tasks.stages import report_progress
+
+    progress = tmp_path / "progress.json"
+
+    @flow
+    def watch() -> None:
+        write_progress(progress, 1, 4, unit="shards")
+        artifact = report_progress("sample", progress, None)
+        write_progress(progress, 3, 4, unit="shards")
+        report_progress("sample", progress, artifact)
+
+    watch()
+    [artifact] = artifacts("sample-progress")
+    assert artifact.type == "progress" and float(artifact.data) == 75.0
+    assert artifact.description == "sample: 1/4 shards"

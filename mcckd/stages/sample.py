@@ -1,94 +1,207 @@
-"""Stage 1, sample: the teacher writes N rationales per question (vLLM offline, seeded per question).
+"""Stage 1, sample: each teacher writes N rationales per (question, prompt), written shard by shard.
 
-In: questions Parquet (``data_schemas.QUESTIONS``). Out: ``samples.parquet`` (``SAMPLES``), one row
-per (question, sample index), with the teacher's identity and the sampling parameters on every row.
+In: questions Parquet (``data_schemas.QUESTIONS``). Out: ``samples.parquet`` (``SAMPLES``), exactly
+one row per (question, teacher, prompt, sample index), with the teacher's identity, template, CoT
+format and granularity, sampling parameters, finish reason and token counts on every row; and
+``throughput.json`` (prompts/s, generated tokens/s and token totals per teacher).
+
+Resumable: each shard (``shard_size`` questions x one teacher x one prompt) is written to the work
+folder the moment it completes; a killed run's next attempt generates only the missing shards.
+Seeds are per question (vLLM) or per sample (HTTP), so a resumed run writes the same rows.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel
-from tqdm.auto import tqdm
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, model_validator
 
 from data_schemas import QUESTIONS, SAMPLES, read_table, write_table
-from mcckd.generation import VllmSettings, open_llm
 from mcckd.prompts import load_prompt, render
-from mcckd.store import fingerprint, path_fingerprint
+from mcckd.store import fingerprint, write_progress
+from mcckd.teachers import Completion, Request, Sampling, TeacherSpec, run_teacher, teacher_fingerprint
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
+
+
+class PromptSpec(BaseModel):
+    """A template file in ``prompts/`` (zero- or few-shot) and the two CoT factors of arXiv 2502.18001."""
+
+    template: str = "demo_teacher"
+    cot_format: str = "any"  # plain, subq (sub-question chains), rar (rephrase and respond), symbolic
+    granularity: str = "any"  # terse (1) to detailed (3)
 
 
 class SampleSettings(BaseModel):
-    teacher: Path  # a local model folder (weights + tokenizer)
-    teacher_name: str = "teacher"
-    template: str = "demo_teacher"
-    cot_format: str = "any"
-    granularity: str = "any"
+    teachers: list[TeacherSpec]
+    prompts: list[PromptSpec] = [PromptSpec()]
     num_samples: int = 4
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_tokens: int = 192
+    sampling: Sampling = Sampling()
     seed: int = 0
-    questions_per_call: int = 128  # prompts per LLM.generate call: the progress bar's granularity
-    vllm: VllmSettings = VllmSettings()
+    shard_size: int = 64  # questions per shard: the unit written to disk, and the most a kill loses
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SampleSettings:
+        names = [t.name for t in self.teachers]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"teachers need distinct names, got {names}")
+        if len({p.model_dump_json() for p in self.prompts}) != len(self.prompts):
+            raise ValueError("the same prompt is listed twice")
+        return self
 
 
 def request_seed(base_seed: int, question_id: str) -> int:
-    """A per-question seed: a question's samples do not depend on batching or on other questions."""
+    """A per-question seed: a question's samples do not depend on batching, sharding or resuming."""
     return int(fingerprint(base_seed, question_id)[:8], 16)
 
 
-def run(settings: SampleSettings, out_dir: Path, questions: Path) -> dict:
-    from vllm import SamplingParams
+@dataclass
+class ShardPlan:
+    path: Path
+    teacher: TeacherSpec
+    teacher_fp: str
+    prompt: PromptSpec
+    questions: list[dict]
+    prompts: list[str]
 
+    def requests(self, n: int, seed: int) -> list[Request]:
+        return [
+            Request(p, n, request_seed(seed, q["question_id"]))
+            for q, p in zip(self.questions, self.prompts, strict=True)
+        ]
+
+    def rows(self, completions: list[list[Completion]], sampling: Sampling) -> list[dict]:
+        rows = []
+        for q, prompt, samples in zip(self.questions, self.prompts, completions, strict=True):
+            for i, c in enumerate(samples):
+                rows.append(
+                    {
+                        **q,
+                        "teacher": self.teacher.name,
+                        "teacher_fingerprint": self.teacher_fp,
+                        "template": self.prompt.template,
+                        "granularity": self.prompt.granularity,
+                        "cot_format": self.prompt.cot_format,
+                        "prompt": prompt,
+                        "sample_index": i,
+                        "rationale": c.text.strip(),
+                        "finish_reason": c.finish_reason,
+                        "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                        **sampling.model_dump(),
+                        "seed": c.seed,
+                    }
+                )
+        return rows
+
+
+def plan_shards(settings: SampleSettings, questions: list[dict], work_dir: Path) -> dict[str, list[ShardPlan]]:
+    """Every shard of the run, per teacher, in output order (teacher, prompt, question)."""
+    plan: dict[str, list[ShardPlan]] = {}
+    for teacher in settings.teachers:
+        teacher_fp = teacher_fingerprint(teacher)
+        shards = plan[teacher.name] = []
+        for p_index, spec in enumerate(settings.prompts):
+            template = load_prompt(spec.template)
+            for start in range(0, len(questions), settings.shard_size):
+                chunk = questions[start : start + settings.shard_size]
+                texts = [render(template, q["question"], spec.cot_format, spec.granularity) for q in chunk]
+                path = (
+                    work_dir
+                    / "shards"
+                    / teacher.name
+                    / f"prompt{p_index:02d}-{start // settings.shard_size:06d}.parquet"
+                )
+                shards.append(ShardPlan(path, teacher, teacher_fp, spec, chunk, texts))
+    return plan
+
+
+class Progress:
+    """Shards done and per-teacher seconds in the work folder's ``progress.json``, across resumed runs."""
+
+    def __init__(self, work_dir: Path, total: int) -> None:
+        self.path = work_dir / "progress.json"
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.seconds: dict[str, float] = old.get("seconds", {})
+        self.total, self.done = total, 0
+
+    def shard_written(self, done: int, teacher: str, seconds: float) -> None:
+        self.done = done
+        self.seconds[teacher] = seconds
+        write_progress(self.path, done, self.total, unit="shards", seconds=self.seconds)
+
+
+def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path) -> dict:
     table = read_table(questions, QUESTIONS).to_pylist()
-    template = load_prompt(settings.template)
-    prompts = [render(template, q["question"], settings.cot_format, settings.granularity) for q in table]
-    seeds = [request_seed(settings.seed, q["question_id"]) for q in table]
-    params = [
-        SamplingParams(
-            n=settings.num_samples,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_tokens,
-            seed=seed,
-        )
-        for seed in seeds
-    ]
-    teacher_fp = path_fingerprint(settings.teacher)
-    llm = open_llm(settings.teacher, settings.vllm, settings.seed)
-    rows, outputs = [], []
-    step = settings.questions_per_call
-    with tqdm(total=len(table), desc="sample", unit="question") as bar:
-        for start in range(0, len(table), step):
-            outputs += llm.generate(prompts[start : start + step], params[start : start + step], use_tqdm=False)
-            bar.update(len(prompts[start : start + step]))
-    for q, prompt, seed, out in zip(table, prompts, seeds, outputs, strict=True):
-        for i, completion in enumerate(out.outputs):
-            rows.append(
-                {
-                    **q,
-                    "teacher": settings.teacher_name,
-                    "teacher_fingerprint": teacher_fp,
-                    "template": settings.template,
-                    "granularity": settings.granularity,
-                    "cot_format": settings.cot_format,
-                    "prompt": prompt,
-                    "sample_index": i,
-                    "rationale": completion.text.strip(),
-                    "finish_reason": completion.finish_reason or "unknown",
-                    "prompt_tokens": len(out.prompt_token_ids),
-                    "completion_tokens": len(completion.token_ids),
-                    "temperature": settings.temperature,
-                    "top_p": settings.top_p,
-                    "max_tokens": settings.max_tokens,
-                    "seed": seed,
-                }
-            )
-    write_table(rows, out_dir / "samples.parquet", SAMPLES)
+    plan = plan_shards(settings, table, work_dir)
+    all_shards = [s for shards in plan.values() for s in shards]
+    found = sum(s.path.is_file() for s in all_shards)
+    progress = Progress(work_dir, len(all_shards))
+    done_count = found
+    for teacher in settings.teachers:
+        shards = plan[teacher.name]
+        pending = [(i, s) for i, s in enumerate(shards) if not s.path.is_file()]
+        if not pending:
+            continue
+        started = time.perf_counter() - progress.seconds.get(teacher.name, 0.0)
+
+        def write_shard(index: int, completions: list[list[Completion]], shards=shards, started=started) -> None:
+            nonlocal done_count
+            write_table(shards[index].rows(completions, settings.sampling), shards[index].path, SAMPLES)
+            done_count += 1
+            progress.shard_written(done_count, shards[index].teacher.name, time.perf_counter() - started)
+
+        requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in pending]
+        run_teacher(teacher, settings.sampling, requests, write_shard)
+    samples = pa.concat_tables([pq.read_table(s.path, schema=SAMPLES) for s in all_shards])
+    check_exactly_once(samples, len(table) * len(settings.prompts) * len(settings.teachers) * settings.num_samples)
+    write_table(samples, out_dir / "samples.parquet", SAMPLES)
+    throughput = teacher_throughput(samples, progress.seconds)
+    (out_dir / "throughput.json").write_text(json.dumps(throughput, indent=2))
     return {
         "questions": len(table),
-        "samples": len(rows),
-        "generated_tokens": sum(r["completion_tokens"] for r in rows),
+        "teachers": [t.name for t in settings.teachers],
+        "prompts": len(settings.prompts),
+        "samples": samples.num_rows,
+        "generated_tokens": sum(t["generated_tokens"] for t in throughput),
+        "shards": len(all_shards),
+        "shards_resumed": found,
+        "throughput": throughput,
     }
+
+
+def check_exactly_once(samples: pa.Table, expected: int) -> None:
+    """One row per (question, teacher, prompt, sample index): none lost, none duplicated."""
+    key = ["question_id", "teacher", "template", "cot_format", "granularity", "sample_index"]
+    distinct = samples.group_by(key).aggregate([]).num_rows
+    if distinct != samples.num_rows or samples.num_rows != expected:
+        raise RuntimeError(f"samples: {samples.num_rows} rows, {distinct} distinct keys, {expected} expected")
+
+
+def teacher_throughput(samples: pa.Table, seconds: dict[str, float]) -> list[dict]:
+    """Per teacher: prompts, samples, token totals, and rates over its wall time (engine start included)."""
+    out = []
+    for name in dict.fromkeys(samples.column("teacher").to_pylist()):
+        rows = samples.filter(pc.equal(samples["teacher"], name))
+        wall = seconds.get(name, 0.0)
+        first = rows.filter(pc.equal(rows["sample_index"], 0))
+        generated = pc.sum(rows["completion_tokens"]).as_py() or 0
+        out.append(
+            {
+                "teacher": name,
+                "prompts": first.num_rows,
+                "samples": rows.num_rows,
+                "prompt_tokens": pc.sum(first["prompt_tokens"]).as_py() or 0,
+                "generated_tokens": generated,
+                "seconds": round(wall, 2),
+                "prompts_per_s": round(first.num_rows / wall, 2) if wall else None,
+                "generated_tokens_per_s": round(generated / wall, 1) if wall else None,
+            }
+        )
+    return out

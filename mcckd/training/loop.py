@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from mcckd.store import write_progress
 from mcckd.training.data import Encoded, collate, make_batches
 from mcckd.training.loss import LossParts, gather_span, mcc_kd_loss, question_pairs, sequence_cross_entropy
 
@@ -244,6 +245,8 @@ def train_causal_lm(
         state["log"].append({**row, "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started})
         bar.set_postfix(ce=f"{ce:.3f}", kl=f"{kl:.3f}")
         bar.update()
+        if accelerator.is_main_process and (step % 10 == 0 or step == len(plan)):
+            write_progress(work_dir / "progress.json", step, len(plan), unit="steps")
         if step in eval_steps:
             scores = {
                 "step": step,

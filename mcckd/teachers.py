@@ -1,0 +1,243 @@
+"""Teacher backends behind one interface: vLLM offline, or any OpenAI-compatible HTTP server.
+
+The sample stage hands a backend its unfinished shards (lists of :class:`Request`) and a callback;
+the backend calls it once per shard as soon as every request of that shard has its completions,
+so the stage can write the shard to disk while the teacher keeps working. Recorded rationales
+(files people already have) are the ``import`` stage, not a backend: nothing is generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from mcckd.generation import VllmSettings, open_llm
+from mcckd.store import fingerprint, path_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+class HttpSettings(BaseModel):
+    """How hard to push an OpenAI-compatible server, and how long to keep trying."""
+
+    max_in_flight: int = 32  # concurrent requests
+    timeout_s: float = 120.0  # per request
+    max_retries: int = 6  # after the first attempt, on 429, 5xx, timeouts and broken connections
+    backoff_base_s: float = 0.5  # delay before retry r is uniform in [0, min(max, base * 2**r)]
+    backoff_max_s: float = 30.0
+
+
+class TeacherSpec(BaseModel):
+    """One teacher. ``model`` is a local folder (vllm) or the served model name (http)."""
+
+    name: str
+    backend: Literal["vllm", "http"] = "vllm"
+    model: str
+    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
+    revision: str | None = None  # http: the model's version, part of its identity (no weights to hash)
+    chat: bool = False  # instruct models: wrap the prompt in the model's chat template
+    vllm: VllmSettings = VllmSettings()
+    http: HttpSettings = HttpSettings()
+
+
+class Sampling(BaseModel):
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 192
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    n: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    seed: int
+
+
+Shard = tuple[int, list[Request]]
+ShardDone = Callable[[int, list[list[Completion]]], None]  # shard index, n completions per request
+
+
+class TeacherError(RuntimeError):
+    """The teacher could not produce completions (after retries, for HTTP); finished shards stay."""
+
+
+def teacher_fingerprint(spec: TeacherSpec) -> str:
+    """Identity of what generates: the weights' bytes (local) or server model + revision (HTTP)."""
+    if spec.backend == "vllm":
+        return path_fingerprint(Path(spec.model))
+    return fingerprint("http", spec.model, spec.revision or "unversioned")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """HTTP asks one sample per request, so each sample index gets its own seed."""
+    return int(fingerprint(seed, index)[:8], 16)
+
+
+def run_teacher(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: ShardDone) -> None:
+    if spec.backend == "vllm":
+        run_vllm(spec, sampling, shards, done)
+    else:
+        asyncio.run(run_http(spec, sampling, shards, done))
+
+
+def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: ShardDone) -> None:
+    """All requests go into one engine, which stays full; a shard is handed back when it completes.
+
+    Driving ``LLMEngine`` directly (rather than one ``LLM.generate`` per shard) avoids the idle
+    tail at every shard boundary: shards cost nothing in throughput.
+    """
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    llm = open_llm(Path(spec.model), spec.vllm)
+    engine = llm.llm_engine
+    tokenizer = llm.get_tokenizer() if spec.chat else None
+    requests_of = dict(shards)
+    results: dict[int, list[list[Completion] | None]] = {}
+    for shard_index, requests in shards:
+        results[shard_index] = [None] * len(requests)
+        for pos, r in enumerate(requests):
+            params = SamplingParams(
+                n=r.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=r.seed,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+            engine.add_request(f"{shard_index}:{pos}", chat_prompt(tokenizer, r.prompt), params)
+    left = {i: len(reqs) for i, reqs in shards}
+    try:
+        with tqdm(total=sum(left.values()), desc=f"sample {spec.name}", unit="prompt") as bar:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    shard_index, pos = map(int, out.request_id.split(":"))
+                    seed = requests_of[shard_index][pos].seed
+                    results[shard_index][pos] = [
+                        Completion(
+                            c.text, c.finish_reason or "unknown", len(out.prompt_token_ids), len(c.token_ids), seed
+                        )
+                        for c in sorted(out.outputs, key=lambda c: c.index)
+                    ]
+                    bar.update()
+                    left[shard_index] -= 1
+                    if left[shard_index] == 0:
+                        done(shard_index, results.pop(shard_index))
+    finally:
+        engine.engine_core.shutdown()  # the next teacher (or a test) gets the memory back now
+
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model's chat template renders one user turn (or as is, for base models)."""
+    if tokenizer is None:
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+async def run_http(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: ShardDone) -> None:
+    """Bounded concurrency over all shards; a shard is handed back as soon as its requests finish.
+
+    A request that still fails after its retries raises :class:`TeacherError` naming the URL; the
+    other requests are cancelled and the shards already handed back stay on disk.
+    """
+    import httpx
+
+    if not spec.base_url:
+        raise ValueError(f"teacher {spec.name!r}: the http backend needs base_url")
+    endpoint = spec.base_url.rstrip("/") + ("/chat/completions" if spec.chat else "/completions")
+    key = os.environ.get(spec.api_key_env or "", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    s = spec.http
+    limits = httpx.Limits(max_connections=s.max_in_flight, max_keepalive_connections=s.max_in_flight)
+    in_flight = asyncio.Semaphore(s.max_in_flight)
+    jitter = random.Random(0)
+    bar = tqdm(total=sum(len(r) for _, r in shards), desc=f"sample {spec.name}", unit="prompt")
+
+    async def one(client, prompt: str, seed: int) -> Completion:
+        payload = {"model": spec.model, "n": 1, "seed": seed, **sampling.model_dump()}
+        payload |= {"messages": [{"role": "user", "content": prompt}]} if spec.chat else {"prompt": prompt}
+        async with in_flight:
+            body = await post_with_retries(client, endpoint, payload, s, jitter)
+        try:
+            choice, usage = body["choices"][0], body.get("usage") or {}
+            text = choice["message"]["content"] if spec.chat else choice["text"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise TeacherError(f"{endpoint}: a response without {e}: {str(body)[:300]}") from None
+        return Completion(
+            text,
+            choice.get("finish_reason") or "unknown",
+            usage.get("prompt_tokens"),
+            usage.get("completion_tokens"),
+            seed,
+        )
+
+    async def request(client, r: Request) -> list[Completion]:
+        out = await asyncio.gather(*(one(client, r.prompt, sample_seed(r.seed, i)) for i in range(r.n)))
+        bar.update()
+        return list(out)
+
+    async def shard(client, window: asyncio.Semaphore, index: int, requests: list[Request]) -> None:
+        async with window:
+            done(index, list(await asyncio.gather(*(request(client, r) for r in requests))))
+
+    # A few shards at a time: requests start in shard order, so shards finish (and land) in order.
+    per_shard = max((len(r) for _, r in shards), default=1)
+    window = asyncio.Semaphore(max(2, 2 * s.max_in_flight // per_shard))
+    try:
+        client = httpx.AsyncClient(headers=headers, timeout=s.timeout_s, limits=limits)
+        async with client, asyncio.TaskGroup() as group:
+            for index, requests in shards:
+                group.create_task(shard(client, window, index, requests))
+    except BaseExceptionGroup as failed:  # the first failure, as itself (TaskGroup wraps it)
+        raise failed.exceptions[0] from None
+    finally:
+        bar.close()
+
+
+async def post_with_retries(client, url: str, payload: dict, s: HttpSettings, jitter: random.Random) -> dict:
+    """POST with exponential backoff and full jitter on 429, 5xx, timeouts and connection errors."""
+    import httpx
+
+    last = ""
+    for attempt in range(s.max_retries + 1):
+        wait_at_least = 0.0
+        try:
+            response = await client.post(url, json=payload)
+        except (httpx.TimeoutException, httpx.TransportError) as e:
+            last = f"{type(e).__name__} after {s.timeout_s:g} s" if isinstance(e, httpx.TimeoutException) else repr(e)
+        else:
+            if response.status_code == 200:
+                return response.json()
+            if response.status_code != 429 and response.status_code < 500:
+                raise TeacherError(f"{url} answered HTTP {response.status_code}: {response.text[:300]}")
+            last = f"HTTP {response.status_code}"
+            retry_after = response.headers.get("retry-after", "")
+            wait_at_least = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
+        if attempt == s.max_retries:
+            break
+        delay = max(wait_at_least, jitter.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2**attempt)))
+        log.warning("%s: %s; retry %d of %d in %.2f s", url, last, attempt + 1, s.max_retries, delay)
+        await asyncio.sleep(delay)
+    raise TeacherError(f"{url}: no answer after {s.max_retries + 1} attempts (last: {last})")

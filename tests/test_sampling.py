@@ -1,0 +1,89 @@
+"""The sample stage with real vLLM offline teachers: several teachers and prompts in one run,
+kill and resume, chat templates and prompt files. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from mcckd.demo_world.build import STUDENT_BASE_DIR, TEACHER_DIR
+from mcckd.generation import VllmSettings
+from mcckd.stages import execute, work_dir_for
+from mcckd.stages.sample import PromptSpec, SampleSettings
+from mcckd.teachers import TeacherSpec, chat_prompt
+from tests.demo_questions import questions_file
+
+
+def test_several_teachers_and_prompts_in_one_run(tmp_path):
+    teachers = [
+        TeacherSpec(name="teacher", model=str(TEACHER_DIR)),
+        TeacherSpec(name="student-base", model=str(STUDENT_BASE_DIR)),
+    ]
+    prompts = [PromptSpec(cot_format="plain", granularity="1"), PromptSpec(cot_format="symbolic", granularity="3")]
+    settings = SampleSettings(teachers=teachers, prompts=prompts, num_samples=2, shard_size=4)
+    summary = execute("sample", settings, tmp_path / "out", {"questions": questions_file(tmp_path / "q.parquet", 6)})
+    rows = pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist()
+    assert summary["samples"] == len(rows) == 6 * 2 * 2 * 2
+    keys = {(r["question_id"], r["teacher"], r["cot_format"], r["granularity"], r["sample_index"]) for r in rows}
+    assert len(keys) == len(rows)
+    assert {r["teacher_fingerprint"] for r in rows if r["teacher"] == "teacher"} != {
+        r["teacher_fingerprint"] for r in rows if r["teacher"] == "student-base"
+    }
+    symbolic = [r for r in rows if r["teacher"] == "teacher" and r["cot_format"] == "symbolic"]
+    assert all("Style: symbolic 3" in r["prompt"] for r in symbolic)
+    assert [t["teacher"] for t in summary["throughput"]] == ["teacher", "student-base"]
+    assert all(t["prompts"] == 12 and t["generated_tokens_per_s"] > 0 for t in summary["throughput"])
+
+
+def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
+    q = questions_file(tmp_path / "q.parquet", 120)
+    out = tmp_path / "out"
+    teacher = TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=VllmSettings(max_num_seqs=8))
+    settings = SampleSettings(teachers=[teacher], num_samples=2, shard_size=4, seed=3)
+    cmd = [sys.executable, "-m", "mcckd", "sample", "--out", str(out), "--settings", settings.model_dump_json()]
+    cmd += ["--in", f"questions={q}"]
+    shard_dir = work_dir_for(out) / "shards" / "teacher"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(shard_dir.glob("*.parquet"))) < 5:
+        assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before 5 shards"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in shard_dir.glob("*.parquet")}
+    assert 5 <= len(before) < 30 and not (out / "manifest.json").exists()
+
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["shards_resumed"] == len(before) and summary["shards"] == 30
+    rows = pq.read_table(out / "samples.parquet").to_pylist()
+    assert len(rows) == 240
+    assert len({(r["question_id"], r["sample_index"]) for r in rows}) == 240
+    assert {r["question_id"] for r in rows} == {f"q{i}" for i in range(120)}
+
+
+def test_chat_template_wraps_the_prompt_for_instruct_models(demo_tokenizer):
+    tok = demo_tokenizer.__class__.from_pretrained(demo_tokenizer.name_or_path)
+    tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
+    assert chat_prompt(tok, "What is 2+3?") == "<|user|>What is 2+3?<|assistant|>"
+    assert chat_prompt(None, "What is 2+3?") == "What is 2+3?"
+
+
+@pytest.mark.parametrize("template", ["demo_teacher", "zero_shot_cot", "few_shot_cot"])
+def test_prompt_templates_render_question_and_style(template):
+    from mcckd.prompts import load_prompt, render
+
+    text = render(load_prompt(template), "  How many apples?  ", "subq", "3")
+    assert text.rstrip().endswith("Answer:") and "How many apples?" in text and "subq 3" in text
+    if template.startswith("few_shot"):
+        assert len(re.findall(r"The answer is \d+\.", text)) == 3  # the worked examples
