@@ -113,17 +113,11 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
     tokenizer = llm.get_tokenizer() if spec.chat else None
     requests_of = dict(shards)
     results: dict[int, list[list[Completion] | None]] = {}
+    final_only = RequestOutputKind.FINAL_ONLY  # one output per request, when all its n samples are done
     for shard_index, requests in shards:
         results[shard_index] = [None] * len(requests)
         for pos, r in enumerate(requests):
-            params = SamplingParams(
-                n=r.n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=r.seed,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
+            params = SamplingParams(n=r.n, seed=r.seed, output_kind=final_only, **sampling.model_dump())
             engine.add_request(f"{shard_index}:{pos}", chat_prompt(tokenizer, r.prompt), params)
     left = {i: len(reqs) for i, reqs in shards}
     try:

@@ -8,7 +8,10 @@ returned when the stage ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,22 +34,35 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
     return f"{parameters['stage']}-{parameters['fingerprint']}"
 
 
+def stage_command(stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str) -> list[str]:
+    """``python -m mcckd STAGE ...``, under ``torch.distributed.run`` when settings ask for processes > 1."""
+    processes = getattr(settings, "processes", 1)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "mcckd", stage, "--out", out_dir]
+    cmd += ["--settings", settings.model_dump_json()]
+    return cmd + [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
+
+
 def _run_stage(stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str) -> str:
     if not STAGES[stage].uses_accelerator:
         execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
         return out_dir
-    cmd = [sys.executable, "-m", "mcckd", stage, "--out", out_dir, "--settings", settings.model_dump_json()]
-    cmd += [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
-    child = subprocess.Popen(cmd)
+    # Its own process group: vLLM's engine processes are the child's children, and a child that dies
+    # (killed, crashed) would leave them holding their memory. The group goes when the stage ends.
+    child = subprocess.Popen(stage_command(stage, settings, inputs, out_dir), start_new_session=True)
     progress = work_dir_for(Path(out_dir)) / "progress.json"
     artifact = None
-    while True:
-        try:
-            code = child.wait(timeout=2)
-            break
-        except subprocess.TimeoutExpired:
-            if STAGES[stage].resumable and progress.is_file():
-                artifact = report_progress(stage, progress, artifact)
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=2)
+                break
+            except subprocess.TimeoutExpired:
+                if STAGES[stage].resumable and progress.is_file():
+                    artifact = report_progress(stage, progress, artifact)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
     if code != 0 or not is_complete(Path(out_dir)):
         raise StageFailed(f"stage {stage} (fingerprint {fingerprint}) exited with {code} without completing {out_dir}")
     return out_dir

@@ -124,11 +124,11 @@ def test_stage_progress_file_becomes_a_progress_artifact(prefect_harness, tmp_pa
     @flow
     def watch() -> None:
         write_progress(progress, 1, 4, unit="shards")
-        artifact = report_progress("sample", progress, None)
+        artifact = report_progress("watched", progress, None)
         write_progress(progress, 3, 4, unit="shards")
-        report_progress("sample", progress, artifact)
+        report_progress("watched", progress, artifact)
 
     watch()
-    [artifact] = artifacts("sample-progress")
+    [artifact] = artifacts("watched-progress")
     assert artifact.type == "progress" and float(artifact.data) == 75.0
-    assert artifact.description == "sample: 1/4 shards"
+    assert artifact.description == "watched: 1/4 shards"

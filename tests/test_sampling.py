@@ -52,12 +52,14 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     cmd = [sys.executable, "-m", "mcckd", "sample", "--out", str(out), "--settings", settings.model_dump_json()]
     cmd += ["--in", f"questions={q}"]
     shard_dir = work_dir_for(out) / "shards" / "teacher"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A new session, killed as a group below: SIGKILL to the stage alone would orphan vLLM's engine
+    # processes, which keep their memory (the flow's task also runs each stage as its own group).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while len(list(shard_dir.glob("*.parquet"))) < 5:
         assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before 5 shards"
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p.name: p.read_bytes() for p in shard_dir.glob("*.parquet")}
     assert 5 <= len(before) < 30 and not (out / "manifest.json").exists()

@@ -29,6 +29,7 @@ from mcckd.stages.train import TrainSettings, examples_from_trainset
 from mcckd.training.data import encode_groups
 from mcckd.training.loop import LoraSettings, TrainConfig, forward_loss, train_causal_lm
 from mcckd.training.loss import gather_span
+from tasks.stages import stage_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,14 +129,10 @@ def test_killed_run_resumes_and_its_loss_curve_continues(tmp_path, trainset, ref
 def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trainset, reference):
     _, ref_summary = reference
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    cfg = settings(dev_fraction=0.1, eval_every=20)
-    done = subprocess.run(
-        [*launcher, *train_command(out, trainset, cfg)[1:]],  # torch.distributed.run takes "-m" itself
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    cfg = settings(dev_fraction=0.1, eval_every=20).model_copy(update={"processes": 2})
+    command = stage_command("train", cfg, {"trainset": str(trainset)}, str(out))  # what the flow's task runs
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "manifest.json").read_text())["summary"]
     assert summary["processes"] == 2

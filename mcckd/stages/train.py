@@ -7,7 +7,8 @@ rationales the student's tokenizer could not align. Std-CoT is ``alpha = 0``; MC
 the answer-span consistency between a question's rationales.
 
 Checkpoints live in the work folder, so a killed run resumes. Many GPUs (or CPU processes):
-``torchrun --nproc_per_node N -m mcckd train ...`` runs DDP; rank 0 writes the output.
+``processes = N`` (the flow runs ``torch.distributed.run --nproc_per_node N -m mcckd train``), DDP;
+rank 0 writes the output.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class TrainSettings(BaseModel):
     base_model: Path
     template: str = "student"
     loop: TrainConfig = TrainConfig()
+    processes: int = 1  # > 1: the flow launches DDP with torch.distributed.run (one per GPU)
 
 
 def examples_from_trainset(rows: list[dict], template: str) -> list[Example]:
