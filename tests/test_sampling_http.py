@@ -111,7 +111,7 @@ class ScriptedServer:
     """Answers request k with ``script[k]``: an HTTP status, "ok" (a completion) or "hang"."""
 
     def __init__(self, script: list[str]) -> None:
-        self.script, self.seen = script, []
+        self.script, self.seen, self.paths = script, [], []
         self.release = threading.Event()
         outer = self
 
@@ -120,6 +120,7 @@ class ScriptedServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 action = outer.script[min(len(outer.seen), len(outer.script) - 1)]
                 outer.seen.append((action, body))
+                outer.paths.append(self.path)
                 if action == "hang":
                     outer.release.wait(60)
                     return
@@ -127,8 +128,10 @@ class ScriptedServer:
                     self.send_response(int(action))
                     self.end_headers()
                     return
+                text = " 2 + 3 = 5. The answer is 5."
+                choice = {"message": {"role": "assistant", "content": text}} if "chat" in self.path else {"text": text}
                 answer = {
-                    "choices": [{"index": 0, "text": " 2 + 3 = 5. The answer is 5.", "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "finish_reason": "stop", **choice}],
                     "usage": {"prompt_tokens": 11, "completion_tokens": 13},
                 }
                 data = json.dumps(answer).encode()
@@ -196,3 +199,19 @@ def test_server_that_stops_answering_fails_clearly_and_keeps_finished_shards(tmp
     finally:
         healthy.close()
     assert len(healthy.seen) == 3 and summary["shards_resumed"] == 2 and summary["samples"] == 5
+
+
+def test_chat_teacher_posts_messages_to_chat_completions(tmp_path):
+    server = ScriptedServer(["ok"])
+    teacher = http_teacher(server.url).model_copy(update={"chat": True})
+    try:
+        settings = SampleSettings(teachers=[teacher], num_samples=2, shard_size=2)
+        execute("sample", settings, tmp_path / "out", {"questions": questions_file(tmp_path / "q.parquet", 2)})
+    finally:
+        server.close()
+    assert server.paths == ["/v1/chat/completions"] * 4
+    body = server.seen[0][1]
+    assert body["messages"][0]["role"] == "user" and "Question:" in body["messages"][0]["content"]
+    assert "prompt" not in body and body["n"] == 1
+    rows = pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist()
+    assert [r["rationale"] for r in rows] == ["2 + 3 = 5. The answer is 5."] * 4
