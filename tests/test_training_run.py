@@ -23,6 +23,7 @@ import torch
 from data_schemas import TRAINSET, write_table
 from mcckd.demo_world.build import STUDENT_BASE_DIR
 from mcckd.demo_world.problems import generate_split, write_rationale
+from mcckd.prompts import load_prompt
 from mcckd.stages import work_dir_for
 from mcckd.stages.materialize import with_answer_sentence
 from mcckd.stages.train import TrainSettings, examples_from_trainset
@@ -153,7 +154,6 @@ def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
 
     path = write_trainset(tmp_path / "train.parquet", questions=16, seed=3)
     rows = pq.read_table(path).to_pylist()
-    from mcckd.prompts import load_prompt
 
     groups, rejected = encode_groups(demo_tokenizer, examples_from_trainset(rows, load_prompt("student")), 256)
     assert not rejected
@@ -183,7 +183,6 @@ def test_span_logits_from_hidden_states_equal_gathered_logits(demo_tokenizer, tr
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from mcckd.prompts import load_prompt
     from mcckd.training.data import collate
     from mcckd.training.loss import answer_consistency, question_pairs
 

@@ -125,16 +125,16 @@ def plan_shards(settings: SampleSettings, questions: list[dict], work_dir: Path)
 class Progress:
     """Shards done and per-teacher seconds in the work folder's ``progress.json``, across resumed runs."""
 
-    def __init__(self, work_dir: Path, total: int) -> None:
+    def __init__(self, work_dir: Path, done: int, total: int) -> None:
         self.path = work_dir / "progress.json"
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.seconds: dict[str, float] = old.get("seconds", {})
-        self.total, self.done = total, 0
+        self.done, self.total = done, total
 
-    def shard_written(self, done: int, teacher: str, seconds: float) -> None:
-        self.done = done
+    def shard_written(self, teacher: str, seconds: float) -> None:
+        self.done += 1
         self.seconds[teacher] = seconds
-        write_progress(self.path, done, self.total, unit="shards", seconds=self.seconds)
+        write_progress(self.path, self.done, self.total, unit="shards", seconds=self.seconds)
 
 
 def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path) -> dict:
@@ -142,8 +142,7 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
     plan = plan_shards(settings, table, work_dir)
     all_shards = [s for shards in plan.values() for s in shards]
     found = sum(s.path.is_file() for s in all_shards)
-    progress = Progress(work_dir, len(all_shards))
-    done_count = found
+    progress = Progress(work_dir, found, len(all_shards))
     for teacher in settings.teachers:
         shards = plan[teacher.name]
         pending = [(i, s) for i, s in enumerate(shards) if not s.path.is_file()]
@@ -152,10 +151,8 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
         started = time.perf_counter() - progress.seconds.get(teacher.name, 0.0)
 
         def write_shard(index: int, completions: list[list[Completion]], shards=shards, started=started) -> None:
-            nonlocal done_count
             write_table(shards[index].rows(completions, settings.sampling), shards[index].path, SAMPLES)
-            done_count += 1
-            progress.shard_written(done_count, shards[index].teacher.name, time.perf_counter() - started)
+            progress.shard_written(shards[index].teacher.name, time.perf_counter() - started)
 
         requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in pending]
         run_teacher(teacher, settings.sampling, requests, write_shard)

@@ -136,9 +136,7 @@ def evaluate_dev(model: PreTrainedModel, dev: list[list[Encoded]], cfg: TrainCon
     model.eval()
     ce_sum, exact, count = 0.0, 0, 0
     for batch in make_batches(dev, cfg.questions_per_batch, 0):
-        t = {
-            k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in collate(batch, pad_id).items()
-        }
+        t = to_device(collate(batch, pad_id), accelerator.device)
         with autocast(cfg, accelerator.device):
             logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
         ce_sum += sequence_cross_entropy(logits, t["labels"]).sum().item()
@@ -198,9 +196,9 @@ def train_causal_lm(
     """Train on grouped rationales, resuming from ``work_dir`` if an earlier run left checkpoints."""
     set_seed(cfg.seed)
     # cpu=True without CUDA: otherwise accelerate ignores torchrun's WORLD_SIZE on a CPU machine.
-    accelerator = Accelerator(
-        mixed_precision="bf16" if cfg.precision == "bf16" else "no", cpu=not torch.cuda.is_available()
-    )
+    # Mixed precision is our own ``autocast``: accelerate keeps one state per process and would
+    # silently reuse an earlier run's precision in the same process.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
