@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 QUESTIONS = pa.schema(
@@ -86,8 +87,16 @@ def rejection(
     }
 
 
-def rejections_table(stage: str, rows: pa.Table, reasons: list[str], details: list[str]) -> pa.Table:
-    """Ledger rows for the sample rows ``rows`` (a ``SAMPLES``-like table), built column-wise."""
+def take(table: pa.Table, indices: list[int]) -> pa.Table:
+    """``table.take`` that also works for no indices (pyarrow cannot infer a type from ``[]``)."""
+    return table.take(pa.array(indices, type=pa.int64()))
+
+
+def rejections_table(
+    stage: str, table: pa.Table, indices: list[int], reasons: list[str], details: list[str]
+) -> pa.Table:
+    """Ledger rows for rows ``indices`` of a ``SAMPLES``-like table, built column-wise."""
+    rows = take(table, indices)
     n = rows.num_rows
     return pa.table(
         {
@@ -154,18 +163,33 @@ PREDICTIONS = pa.schema(
 )
 
 
-class SchemaError(ValueError):
+class InputError(ValueError):
+    """A user's input cannot be used; the message names the file, and the row and field where known.
+
+    The command line prints it as one line (the traceback goes to the stage's log file)."""
+
+
+class SchemaError(InputError):
     """A Parquet file or table does not match its stage schema."""
 
 
+# Columns that may hold nulls: an answer the judge could not read. Every other null is an error.
+NULLABLE = frozenset({"predicted_answer"})
+
+
 def check_schema(table: pa.Table, schema: pa.Schema, where: str) -> pa.Table:
-    """Return ``table`` with ``schema``'s column order; raise naming ``where`` and the column."""
+    """Return ``table`` with ``schema``'s column order; raise naming ``where``, the column, and for
+    a null value the row."""
     for field in schema:
         if field.name not in table.column_names:
             raise SchemaError(f"{where}: missing column {field.name!r} ({field.type})")
         actual = table.schema.field(field.name).type
         if actual != field.type:
             raise SchemaError(f"{where}: column {field.name!r} has type {actual}, expected {field.type}")
+        column = table.column(field.name)
+        if column.null_count and field.name not in NULLABLE:
+            row = pc.index(pc.is_null(column), True).as_py()
+            raise SchemaError(f"{where}: row {row}: field {field.name!r} is null")
     extra = [c for c in table.column_names if c not in schema.names]
     if extra:
         raise SchemaError(f"{where}: unexpected column(s) {extra}")

@@ -134,7 +134,7 @@ def test_minhash_estimates_jaccard():
 
 def test_answer_sentence_is_appended_when_missing():
     text, (s, e), rewritten = with_answer_sentence("So she has 12 apples", "12")
-    assert rewritten and text == "So she has 12 apples The answer is 12." and text[s:e] == "12"
+    assert rewritten and text == "So she has 12 apples. The answer is 12." and text[s:e] == "12"
 
 
 def test_wrong_column_type_names_file_and_column(tmp_path):

@@ -54,7 +54,7 @@ def test_non_utf8_bytes_name_the_byte(tmp_path):
 def test_broken_json_names_line_and_column(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"instruction": "q", "output": "a"}\n{"instruction": \n')
-    with pytest.raises(RecordedDataError, match=r"broken\.jsonl: invalid JSON at line 1 column 17"):
+    with pytest.raises(RecordedDataError, match=r"broken\.jsonl: invalid JSON at line 2 column 17"):
         execute("import", ImportSettings(), tmp_path / "out", {"recorded": path})
 
 
@@ -103,8 +103,11 @@ def test_mcckd_svamp_file_yields_7000_rows_for_700_questions(tmp_path):
     assert len(judged) == 7000 and len({r["question_id"] for r in judged}) == 700
     correct = sum(r["verdict"] == "correct" for r in judged)
     duplicates = sum(r["verdict"] == "duplicate" for r in judged)
-    # About 67% reach the gold label (the data README's figure); exact duplicates are set aside.
-    assert 0.64 < correct / 7000 < 0.68 and 0.66 < (correct + duplicates) / 7000 < 0.70
+    # The data README says about 67% reach the gold label, read the way the authors' scripts read them
+    # (the last number). Read for the committed answer (conclusions that restate other quantities,
+    # trailing remarks, parentheticals), about 72% do; the hand-labelled set in tests/data checks
+    # that these verdicts are right. Exact duplicates are set aside.
+    assert 0.70 < correct / 7000 < 0.74 and 0.72 < (correct + duplicates) / 7000 < 0.76
 
 
 @needs_shared

@@ -19,6 +19,7 @@ from types import ModuleType
 
 from pydantic import BaseModel
 
+from data_schemas import InputError
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete, read_manifest
 
 
@@ -83,10 +84,10 @@ def execute(stage: str, settings: BaseModel, out_dir: Path, inputs: dict[str, Pa
     spec = STAGES[stage]
     missing = [name for name in spec.inputs if name not in inputs]
     if missing:
-        raise ValueError(f"stage {stage!r} needs input(s) {missing}")
+        raise InputError(f"stage {stage!r} needs input(s) {missing} (--in NAME=PATH)")
     for name, path in inputs.items():
         if not Path(path).exists():
-            raise FileNotFoundError(f"stage {stage!r}: input {name!r} does not exist: {path}")
+            raise InputError(f"{path}: input {name!r} of stage {stage!r} does not exist")
     kwargs = {k: Path(v) for k, v in inputs.items()}
     if spec.resumable:
         kwargs["work_dir"] = work_dir_for(out_dir)

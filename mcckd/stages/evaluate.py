@@ -18,7 +18,7 @@ from mcckd.answers import answer_kind, answers_match, extract_answer
 from mcckd.generation import VllmSettings, open_llm
 from mcckd.prompts import load_prompt, render
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 
 
 class EvaluateSettings(BaseModel):
@@ -47,7 +47,7 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
         for q, out in zip(questions, outputs, strict=True):
             text = out.outputs[0].text.strip()
             kind = answer_kind(q["answer"])
-            predicted = extract_answer(text, kind) if kind else None
+            predicted = extract_answer(text, kind, q["question"]) if kind else None
             ok = answers_match(predicted, q["answer"], kind)
             correct += ok
             rows.append(

@@ -7,6 +7,12 @@ not JSON, a row that is not an object, a missing or mistyped field) stops the im
 naming the file, the row and the field. Content problems (an empty or enormous rationale, a label
 that is not an answer) are imported as they are and get their verdict, with a reason, from the judge.
 Values a file cannot know (token counts, sampling parameters) are -1.
+
+Question ids come from an ``id`` field, else from the file name and row. Rows sharing an ``id`` are
+one question (one rationale per row is a common export format): they must agree on the question and
+the label, and their rationales are numbered in file order. A row with an empty ``output`` list gets
+a ``no_rationale`` ledger row, so every input row is accounted for: ``rows_in`` (rationales, and a
+question without any as one) = ``rows_out`` + ``rejected``.
 """
 
 from __future__ import annotations
@@ -14,14 +20,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import SAMPLES, write_table
+from data_schemas import REJECTIONS, SAMPLES, InputError, rejection, write_table
 from mcckd.store import path_fingerprint
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
+FORMATS = (".json", ".jsonl", ".parquet")
 
 FIELD_NAMES = {
     "question": ("instruction", "question"),
@@ -30,7 +38,7 @@ FIELD_NAMES = {
 }
 
 
-class RecordedDataError(ValueError):
+class RecordedDataError(InputError):
     """A recorded-rationale file that cannot be imported; the message names file, row and field."""
 
 
@@ -42,16 +50,28 @@ class ImportSettings(BaseModel):
 
 def read_records(path: Path) -> list[dict]:
     """The file's rows as dicts, whatever its format."""
+    if path.suffix not in FORMATS:
+        raise RecordedDataError(f"{path}: unsupported format {path.suffix!r}; expected one of {', '.join(FORMATS)}")
     if path.suffix == ".parquet":
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise RecordedDataError(f"{path}: not a readable Parquet file ({e})") from e
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecordedDataError(f"{path}: not UTF-8 at byte {e.start} ({e.reason})") from e
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RecordedDataError(f"{path}: invalid JSON at line {number} column {e.colno}: {e.msg}") from e
+        return rows
     try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordedDataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
@@ -69,8 +89,8 @@ def _field(path: Path, i: int, row: dict, name: str, required: bool) -> object:
     return None
 
 
-def rows_from_record(path: Path, i: int, row: object) -> list[tuple[str, str, str, int, str]]:
-    """(question_id, question, answer, sample_index, rationale) for each rationale of one row."""
+def read_record(path: Path, i: int, row: object) -> tuple[str, str, str, list[str]]:
+    """(question_id, question, answer, rationales) of one row; raises naming the row and field."""
     if not isinstance(row, dict):
         raise RecordedDataError(f"{path}: row {i}: expected an object, got {type(row).__name__}")
     question = _field(path, i, row, "question", required=True)
@@ -83,17 +103,39 @@ def rows_from_record(path: Path, i: int, row: object) -> list[tuple[str, str, st
         raise RecordedDataError(f"{path}: row {i}: field 'output' must be text or a list of texts")
     if label is not None and not isinstance(label, str | int | float):
         raise RecordedDataError(f"{path}: row {i}: field 'label' must be text or a number, got {type(label).__name__}")
-    qid = str(row.get("id", f"{path.stem}-{i}"))
-    answer = "" if label is None else str(label)
-    return [(qid, question.strip(), answer, k, text.strip()) for k, text in enumerate(outputs)]
+    qid = row.get("id", f"{path.stem}-{i}")
+    if not isinstance(qid, str | int) or isinstance(qid, bool) or not str(qid).strip():
+        raise RecordedDataError(f"{path}: row {i}: field 'id' must be non-empty text or an integer, got {qid!r}")
+    return str(qid), question.strip(), _label_text(label), [text.strip() for text in outputs]
+
+
+def _label_text(label: str | float | None) -> str:
+    """Labels as text; a JSON ``true``/``false`` label is a yes/no answer, not the number 1/0."""
+    if label is None:
+        return ""
+    if isinstance(label, bool):
+        return "yes" if label else "no"
+    return str(label)
 
 
 def run(settings: ImportSettings, out_dir: Path, recorded: Path) -> dict:
     records = read_records(recorded)
     fp = path_fingerprint(recorded)
-    rows = []
+    rows, ledger = [], []
+    questions: dict[str, tuple[int, str, str, int]] = {}  # id -> (first row, question, label, rationales so far)
     for i, record in enumerate(tqdm(records, desc="import", unit="row")):
-        for qid, question, answer, k, text in rows_from_record(recorded, i, record):
+        qid, question, answer, texts = read_record(recorded, i, record)
+        first, seen_question, seen_answer, offset = questions.get(qid, (i, question, answer, 0))
+        for field, value, seen in (("instruction", question, seen_question), ("label", answer, seen_answer)):
+            if value != seen:
+                raise RecordedDataError(
+                    f"{recorded}: row {i}: field {field!r}: id {qid!r} was used in row {first} with a different {field}"
+                )
+        questions[qid] = (first, question, answer, offset + len(texts))
+        if not texts:
+            detail = f"row {i} has an empty rationale list"
+            ledger.append(rejection("import", qid, "no_rationale", detail, teacher=settings.teacher_name))
+        for k, text in enumerate(texts):
             rows.append(
                 {
                     "question_id": qid,
@@ -105,7 +147,7 @@ def run(settings: ImportSettings, out_dir: Path, recorded: Path) -> dict:
                     "granularity": settings.granularity,
                     "cot_format": settings.cot_format,
                     "prompt": question,
-                    "sample_index": k,
+                    "sample_index": offset + k,
                     "rationale": text,
                     "finish_reason": "recorded",
                     "prompt_tokens": -1,
@@ -117,4 +159,11 @@ def run(settings: ImportSettings, out_dir: Path, recorded: Path) -> dict:
                 }
             )
     write_table(rows, out_dir / "samples.parquet", SAMPLES)
-    return {"questions": len(records), "samples": len(rows)}
+    write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
+    return {
+        "rows_in": len(rows) + len(ledger),
+        "rows_out": len(rows),
+        "rejected": len(ledger),
+        "questions": len(questions),
+        "samples": len(rows),
+    }

@@ -1,9 +1,14 @@
-"""Stage 2, judge: extract each rationale's final answer and compare it with the gold answer.
+"""Stage 2, judge: read the final answer each rationale commits to and compare it with the gold answer.
 
-In: ``samples.parquet`` (``SAMPLES``). Out: ``judged.parquet`` (every sample with its extracted
-answer and a verdict) and ``rejections.parquet`` (the ledger: every non-correct row and why).
-Verdicts, checked in this order: truncated, empty, over_long, duplicate, no_gold_answer, bad_label
-(the gold answer is not an answer of any kind), no_answer, wrong_answer, correct.
+In: ``samples.parquet`` (``SAMPLES``). Out: ``judged.parquet`` (every sample with its read answer and
+a verdict) and ``rejections.parquet`` (the ledger: every non-correct row and why). Verdicts, checked
+in this order: truncated, empty, over_long, duplicate, no_gold_answer, bad_label (the gold answer is
+not an answer of any kind), no_answer, ambiguous_answer (it commits to two different answers),
+wrong_answer, correct. Answers are read by :func:`mcckd.answers.read_answer`, the same code that
+scores evaluation.
+
+A file the judge cannot trust stops it with an error naming the file, row and field: two rows with
+the same sample key, or rows of one question id that disagree on the question or the gold answer.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import pyarrow as pa
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import JUDGED, REJECTIONS, SAMPLES, read_table, rejections_table, write_table
-from mcckd.answers import answer_kind, answers_match, extract_answer
+from data_schemas import JUDGED, REJECTIONS, SAMPLES, InputError, read_table, rejections_table, write_table
+from mcckd.answers import answer_kind, answers_match, read_answer
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
+
+SAMPLE_KEY = ("question_id", "teacher", "template", "granularity", "cot_format", "sample_index")
 
 
 class JudgeSettings(BaseModel):
@@ -28,52 +35,86 @@ class JudgeSettings(BaseModel):
 
 
 def verdict(
-    question_id: str, answer: str, text: str, finish_reason: str, settings: JudgeSettings, seen: set[tuple[str, str]]
-) -> tuple[str, str | None]:
-    """(verdict, extracted answer) for one sample; ``seen`` tracks duplicates per question."""
+    question_id: str,
+    question: str,
+    answer: str,
+    text: str,
+    finish_reason: str,
+    settings: JudgeSettings,
+    seen: set[tuple[str, str]],
+) -> tuple[str, str | None, str]:
+    """(verdict, read answer, detail) for one sample; ``seen`` tracks duplicates per question."""
     if settings.reject_truncated and finish_reason == "length":
-        return "truncated", None
+        return "truncated", None, ""
     if not text.strip():
-        return "empty", None
+        return "empty", None, ""
     if len(text) > settings.max_rationale_chars:
-        return "over_long", None
+        return "over_long", None, f"{len(text)} chars > max_rationale_chars {settings.max_rationale_chars}"
     key = (question_id, " ".join(text.split()))
     if key in seen:
-        return "duplicate", None
+        return "duplicate", None, ""
     seen.add(key)
     if not answer.strip():
-        return "no_gold_answer", None
+        return "no_gold_answer", None, ""
     kind = _kind(answer)
     if kind is None:
-        return "bad_label", None
-    predicted = extract_answer(text, kind)
-    if predicted is None:
-        return "no_answer", None
-    return ("correct" if answers_match(predicted, answer, kind) else "wrong_answer"), predicted
+        return "bad_label", None, f"gold {answer[:80]!r} is not a number, choice letter, yes/no or expression"
+    reading = read_answer(text, kind, question)
+    if reading.status == "ambiguous":
+        return "ambiguous_answer", None, f"commits to {' and '.join(map(repr, reading.alternatives))}"
+    if reading.answer is None:
+        return "no_answer", None, ""
+    if answers_match(reading.answer, answer, kind):
+        return "correct", reading.answer, ""
+    return "wrong_answer", reading.answer, f"read {reading.answer!r} ({reading.how}), gold {answer!r}"
 
 
 _kind = lru_cache(maxsize=65536)(answer_kind)  # many samples share one gold answer
 
 
+def check_rows(path: Path, cols: dict[str, list]) -> None:
+    """Stop on rows the judge cannot trust: a repeated sample key, or one question id with two
+    different questions or gold answers (their rationales would be judged against the wrong gold)."""
+    keys: dict[tuple, int] = {}
+    first: dict[str, int] = {}
+    for i, key in enumerate(zip(*(cols[c] for c in SAMPLE_KEY), strict=True)):
+        if key in keys:
+            raise InputError(f"{path}: row {i}: field 'sample_index': sample {key} repeats row {keys[key]}")
+        keys[key] = i
+        j = first.setdefault(key[0], i)
+        for field in ("question", "answer"):
+            if cols[field][i] != cols[field][j]:
+                raise InputError(
+                    f"{path}: row {i}: field {field!r}: question id {key[0]!r} has a different {field} in row {j}"
+                )
+
+
 def run(settings: JudgeSettings, out_dir: Path, samples: Path) -> dict:
     table = read_table(samples, SAMPLES)
-    cols = table.select(["question_id", "answer", "rationale", "finish_reason"]).to_pydict()
+    cols = table.select(sorted({*SAMPLE_KEY, "question", "answer", "rationale", "finish_reason"})).to_pydict()
+    check_rows(samples, cols)
     seen: set[tuple[str, str]] = set()
-    verdicts, predicted = [], []
-    rows = zip(cols["question_id"], cols["answer"], cols["rationale"], cols["finish_reason"], strict=True)
-    for qid, answer, text, finish in tqdm(rows, total=table.num_rows, desc="judge", unit="rationale"):
-        v, p = verdict(qid, answer, text, finish, settings, seen)
+    verdicts, predicted, details = [], [], []
+    rows = zip(
+        cols["question_id"], cols["question"], cols["answer"], cols["rationale"], cols["finish_reason"], strict=True
+    )
+    for qid, question, answer, text, finish in tqdm(rows, total=table.num_rows, desc="judge", unit="rationale"):
+        v, p, d = verdict(qid, question, answer, text, finish, settings, seen)
         verdicts.append(v)
         predicted.append(p)
+        details.append(d)
     judged = table.append_column("predicted_answer", pa.array(predicted, pa.string()))
     judged = judged.append_column("verdict", pa.array(verdicts, pa.string()))
     write_table(judged, out_dir / "judged.parquet", JUDGED)
     rejected = [i for i, v in enumerate(verdicts) if v != "correct"]
-    details = [
-        f"extracted {predicted[i]!r}, gold {cols['answer'][i]!r}" if verdicts[i] == "wrong_answer" else ""
-        for i in rejected
-    ]
-    ledger = rejections_table("judge", table.take(rejected), [verdicts[i] for i in rejected], details)
+    ledger = rejections_table("judge", table, rejected, [verdicts[i] for i in rejected], [details[i] for i in rejected])
     write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
     counts = Counter(verdicts)
-    return {"samples": len(verdicts), "correct": counts["correct"], "verdicts": dict(counts)}
+    return {
+        "rows_in": len(verdicts),
+        "rows_out": counts["correct"],
+        "rejected": len(rejected),
+        "samples": len(verdicts),
+        "correct": counts["correct"],
+        "verdicts": dict(counts),
+    }

@@ -3,8 +3,9 @@ character span of the common final answer in each.
 
 Every rationale is made to end in the canonical answer sentence ("The answer is 18."), so the
 answer tokens are identical across a question's rationales and the consistency loss compares like
-with like. A rationale that already ends that way is kept as written; otherwise whatever follows
-its last answer statement is cut and the canonical sentence appended (counted in the manifest).
+with like. A rationale that already ends that way is kept as written; otherwise a last sentence that
+states the answer in another form ("Therefore, the answer is 18 .", "#### 18", "Answer: C") is
+replaced, or the canonical sentence is appended (counted in the summary).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from data_schemas import SELECTED, TRAINSET, read_table, write_table
-from mcckd.answers import canonical_answer, canonical_answer_sentence
+from mcckd.answers import canonical_answer, canonical_answer_sentence, final_statement_start
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class MaterializeSettings(BaseModel):
@@ -31,10 +32,11 @@ def with_answer_sentence(rationale: str, answer: str) -> tuple[str, tuple[int, i
     text = rationale.rstrip()
     rewritten = not text.endswith(sentence)
     if rewritten:
-        cut = text.lower().rfind("answer is")
-        if cut != -1:  # drop a non-canonical final statement ("Therefore, the answer is 18 .")
-            sentence_start = max(text.rfind(".", 0, cut), text.rfind("\n", 0, cut)) + 1
-            text = text[:sentence_start].rstrip()
+        cut = final_statement_start(text)
+        if cut is not None:
+            text = text[:cut].rstrip()
+        if text and text[-1] not in ".!?:":
+            text += "."
         text = f"{text} {sentence}".strip()
     start = len(text) - len(sentence) + sentence.index(answer)
     return text, (start, start + len(answer)), rewritten
@@ -66,6 +68,9 @@ def run(settings: MaterializeSettings, out_dir: Path, selected: Path) -> dict:
         )
     write_table(out, out_dir / "train.parquet", TRAINSET)
     return {
+        "rows_in": len(rows),
+        "rows_out": sum(len(r["rationales"]) for r in out),
+        "rejected": 0,  # every selected rationale is written; the ledger rows come from earlier stages
         "questions": len(out),
         "rationales": sum(len(r["rationales"]) for r in out),
         "answer_sentence_rewritten": rewritten,

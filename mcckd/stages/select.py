@@ -24,9 +24,18 @@ import pyarrow as pa
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import JUDGED, REJECTIONS, SELECTED, SELECTION_OUTCOMES, read_table, rejections_table, write_table
+from data_schemas import (
+    JUDGED,
+    REJECTIONS,
+    SELECTED,
+    SELECTION_OUTCOMES,
+    read_table,
+    rejections_table,
+    take,
+    write_table,
+)
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 
 
 class SelectSettings(BaseModel):
@@ -152,16 +161,21 @@ def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
                 drop_reasons.append(why)
                 drop_details.append(f"{len(rows)} correct, k={settings.k}")
         outcomes.append({"question_id": qid, "correct": len(rows), "selected": len(picks), "outcome": outcome})
-    selected = table.take(picked).append_column("selection_rank", pa.array(ranks, pa.int32()))
+    selected = take(table, picked).append_column("selection_rank", pa.array(ranks, pa.int32()))
     selected = selected.append_column("max_similarity", pa.array(max_sims, pa.float32()))
     write_table(selected, out_dir / "selected.parquet", SELECTED)
-    ledger = rejections_table("select", table.take(dropped), drop_reasons, drop_details)
+    ledger = rejections_table("select", table, dropped, drop_reasons, drop_details)
     write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
     write_table(outcomes, out_dir / "outcomes.parquet", SELECTION_OUTCOMES)
     multi = {o["question_id"] for o in outcomes if o["selected"] >= 2}
     qids = selected.column("question_id").to_pylist()
     sims = [s for q, s in zip(qids, max_sims, strict=True) if q in multi]
+    correct = sum(len(rows) for rows in correct_rows.values())
     return {
+        "rows_in": correct,  # the judge's correct rows; the others are already in the judge's ledger
+        "rows_out": len(picked),
+        "rejected": len(dropped),
+        "not_correct_skipped": table.num_rows - correct,
         "selected": len(picked),
         "questions": sum(o["selected"] > 0 for o in outcomes),
         "outcomes": dict(Counter(o["outcome"] for o in outcomes)),
