@@ -6,7 +6,7 @@ import pytest
 
 from mcckd.answers import answer_kind, answers_match, extract_answer, read_answer
 
-CSQA = "What could cats do if they were taller? Answer Choices:\nA. annoy\nB. eat meat\nC. open doors\nD. need food\nE. jog"
+CSQA = "What could cats do if taller? Answer Choices:\nA. annoy\nB. eat meat\nC. open doors\nD. need food\nE. jog"
 BAKER = "Baker made 120 cakes. He bought 103 new cakes and sold 86 cakes. How many cakes does he have?"
 
 
