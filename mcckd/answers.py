@@ -8,9 +8,11 @@ ASDiv), a choice letter (CommonsenseQA "Answer Choices: A. ... E."), yes/no or t
 A careful grader reads the *committed* answer, which is not simply the last number in the text:
 
 1. Explicit statements win: ``\\boxed{}``, ``####``, "Answer: C", "the (final/correct) answer is",
-   "the correct choice is C. bank". The last one counts; when two plain statements disagree and no
-   self-correction ("wait", "actually", "I made a mistake") lies between them, or one statement
-   offers alternatives ("12 or 14", "B or D"), the reading is *ambiguous*, its own verdict.
+   "the correct choice is C. bank". The last one counts; when two statements disagree and no
+   self-correction ("wait", "actually", "I made a mistake") lies between them (a later "Final
+   answer: D" after "so the answer is A" included), or one statement offers alternatives ("12 or
+   14", "B or D"), the reading is *ambiguous*, its own verdict. An answer to a sub-question ("the
+   answer to step 1 is 5") is no rival to the final one.
    A self-correction after the last statement moves the conclusion to the corrected text.
 2. Without a statement, the conclusion is the last sentence that commits to something: trailing
    remarks ("The 4 marbles are not needed.", checks, notes, questions) are skipped. In that
@@ -125,6 +127,8 @@ def _number_from_match(m: re.Match) -> _Number | None:
             value = int(m["whole"]) + Fraction(int(m["mnum"]), int(m["mden"]))
         elif m["num"] is not None:
             value = Fraction(int(m["num"]), int(m["den"]))
+        elif "." not in m["dec"]:
+            value = Fraction(int(m["dec"].replace(",", "")))
         else:
             value = Fraction(m["dec"].replace(",", ""))
     except ZeroDivisionError:
@@ -205,7 +209,7 @@ def format_number(value: Fraction) -> str:
 
 _STATEMENT = re.compile(
     r"\\boxed\s*\{|\\fbox\s*\{|#{3,}\s*"
-    r"|\b(?P<final>final\s+)?answers?(?:\s+(?:to|for|of)\s+[^.:\n]{1,60}?)?\s*(?:is|are|would\s+be|will\s+be|should\s+be"
+    r"|\b(?:final\s+)?answers?(?P<scope>\s+(?:to|for|of)\s+[^.:\n]{1,60}?)?\s*(?:is|are|would\s+be|will\s+be|should\s+be"
     r"|must\s+be|=|:|-(?=\s))\s*:?\s*"
     r"|\bfinal\s+answer\b\s*[:=-]?\s*"
     r"|\b(?:correct|right|best|final|most\s+(?:likely|appropriate|suitable|logical|reasonable))\s+"
@@ -214,7 +218,6 @@ _STATEMENT = re.compile(
     r"|\bI\s+(?:would\s+|will\s+)?(?:choose|pick|select|go\s+with)\s+",
     re.IGNORECASE,
 )
-_FINAL_STATEMENT = re.compile(r"\\boxed|\\fbox|#{3,}|final", re.IGNORECASE)
 _CORRECTION = re.compile(
     r"\b(?:wait|actually|correction|oops|mistake|miscalculat\w*|recalculat\w*|re-?calculat\w*|let\s+me\s+re\w*"
     r"|let'?s\s+re\w*|on\s+second\s+thought|I\s+was\s+wrong|(?:that|this)\s+(?:is|was|'s)\s+(?:not\s+right|wrong"
@@ -230,7 +233,22 @@ _REMARK = re.compile(
 )
 _VERIFICATION = re.compile(
     r"(?:^|\n|(?<=[.!?])\s)\s*(?:to\s+(?:check|verify|double-check|confirm)|let'?s\s+(?:check|verify|double-check|confirm)"
-    r"|let\s+us\s+(?:check|verify)|check(?:ing)?\s*:|verif(?:y|ication)\s*:|double-check\s*:|sanity\s+check)",
+    r"|let\s+us\s+(?:check|verify)|we\s+can\s+(?:check|verify|double-check|confirm)|check(?:ing)?\s*:"
+    r"|checking\s+(?:our|the|my|this)\s+(?:work|answer|result|solution)|verif(?:y|ication)\s*:|double-check\s*:"
+    r"|sanity\s+check)",
+    re.IGNORECASE,
+)
+_REFUSAL = re.compile(
+    r"\b(?:cannot|can'?t|can\s+not|unable\s+to|impossible\s+to|not\s+possible\s+to)\s+(?:be\s+)?(?:determined?|answer(?:ed)?"
+    r"|tell|know|say|pick|choose|decide|solve[d]?|find|calculated?|computed?)\b|\bnot\s+enough\s+information"
+    r"|\b(?:without|need|requires?)\s+(?:more|additional)\s+information|\binsufficient\s+information"
+    r"|\bnone\s+of\s+the\s+(?:given\s+|listed\s+)?(?:options|choices|answers)|\b(?:revise|clarify|rephrase)\s+the\s+question"
+    r"|\bno\s+(?:valid|correct)\s+answer",
+    re.IGNORECASE,
+)
+# A text that stops on one of these words was cut off before it concluded.
+_DANGLING = re.compile(
+    r"\b(?:is|are|was|were|the|a|an|of|to|and|or|but|that|which|with|for|by|be|between|because|as|than|from|into|so)\s*$",
     re.IGNORECASE,
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+|(?<=[.!?])$")
@@ -242,6 +260,11 @@ _SUBORDINATE = re.compile(
 _SUBORDINATOR_START = re.compile(
     r"\s*(?:after|because|since|as|when|if|given|while|before|from|by|which|where|whereas|than|leaving|out\s+of)\b",
     re.IGNORECASE,
+)
+# A letter named as the answer after the fact: "making B the best choice", "(C) is correct".
+_CHOICE_NAMED_BEST = (
+    r"(?<![\w'])\(?([{letters}])\)?\s+(?:is\s+|would\s+be\s+|seems\s+(?:to\s+be\s+)?)?(?:the\s+)?(?:best|correct|right"
+    r"|most\s+(?:likely|appropriate|suitable|logical))(?:\s+(?:answer|choice|option))?\b"
 )
 _CONCLUDING = re.compile(r"\b(?:so|therefore|thus|hence|best|most|likely|answer)\b", re.IGNORECASE)
 _ALTERNATIVE = re.compile(r"^[\s).,:*]*(?:or|and/or|/)(?:\s+(?:maybe|perhaps|possibly))?[\s(.,:*]*$", re.IGNORECASE)
@@ -371,9 +394,13 @@ def choice_options(question: str) -> dict[str, str]:
     return options if letters and letters == [chr(ord("A") + i) for i in range(len(letters))] else {}
 
 
-def _choice_candidates(text: str, options: dict[str, str], strict: bool) -> list[_Candidate]:
-    """Letters a piece of text names as answers: "(C)", "C.", "C)", "option C", a lone capital (in
-    a statement's clause), lowercase "c" alone, or an option's own text ("open doors")."""
+CandidateMode = Literal["strict", "sentence", "statement"]
+
+
+def _choice_candidates(text: str, options: dict[str, str], mode: CandidateMode) -> list[_Candidate]:
+    """Letters a piece of text names as answers: "(C)", "C.", "C)", "option C", an option's own text
+    ("open doors"); in a sentence also a lone capital before punctuation ("so it is C"), and in a
+    statement's clause any lone letter ("the answer is C or D", "the answer is c")."""
     letters = "".join(options) or "ABCDEFGHIJ"
     found: list[_Candidate] = []
     forms = [
@@ -382,12 +409,16 @@ def _choice_candidates(text: str, options: dict[str, str], strict: bool) -> list
         rf"\b(?:option|choice|answer)\s+\(?([{letters}])\b",
         rf"\{{([{letters}])\}}",
     ]
-    if not strict:
-        forms += [rf"(?<![\w'])([{letters}])(?![\w'])(?!\s+[a-z])", rf"^\s*([{letters.lower()}])\s*$"]
+    if mode == "sentence":
+        forms.append(rf"(?<![\w'])([{letters}])(?![\w'])(?=\s*(?:[.,;!]|$))")
+    if mode == "statement":
+        # any lone letter, but not the article "A" or the pronoun "I" before a word ("a bank")
+        forms += [
+            rf"(?<![\w'])([{letters}])(?![\w'])(?!\s+(?!or\b|and\b)[a-z])",
+            rf"(?<![\w'])([{letters.lower()}])(?=\s*(?:[.,;!]|$|\s+or\b))",
+        ]
     for form in forms:
         for m in re.finditer(form, text):
-            if m.group(1) in ("A", "I") and form.startswith("(?<!") and re.match(r"\s+\w", text[m.end() :]):
-                continue  # the article "A" or the pronoun "I"
             found.append(_Candidate(m.group(1).upper(), m.start(), m.end()))
     lowered = text.lower()
     for letter, option in options.items():
@@ -426,11 +457,11 @@ class _Reader:
         self.options = choice_options(question) if kind == "choice" else {}
         self.question_numbers = _question_numbers(question) if kind == "number" and question else set()
 
-    def candidates(self, text: str, strict: bool = False) -> list[_Candidate]:
+    def candidates(self, text: str, mode: CandidateMode = "sentence") -> list[_Candidate]:
         if self.kind == "number":
             return _number_candidates(text)
         if self.kind == "choice":
-            return _choice_candidates(text, self.options, strict)
+            return _choice_candidates(text, self.options, mode)
         if self.kind == "boolean":
             return _boolean_candidates(text)
         return [_Candidate(text.strip(), 0, len(text))] if text.strip() and _math_parse(text) else []
@@ -441,7 +472,7 @@ class _Reader:
             clause = clause.strip().strip("$").strip().rstrip(".").strip()
             return Reading(clause, "answered", how="statement") if clause and _math_parse(clause) else None
         basis = _without_parentheticals(clause) if self.kind == "number" else clause
-        found = self.candidates(basis)
+        found = self.candidates(basis, "statement")
         picked = _pick_number(clause, set()) if self.kind == "number" else (found[0].answer if found else None)
         if picked is None:
             return None
@@ -462,10 +493,14 @@ class _Reader:
         if self.kind == "choice" and parts:
             opening = re.match(r"\s*\(?([A-J])[.):](?=\s|$)", parts[0][1])
             if opening and (not self.options or opening.group(1) in self.options):
-                late = [p for p in parts[1:] if _CONCLUDING.search(p[1]) and self.candidates(p[1], strict=True)]
+                late = [p for p in parts[1:] if _CONCLUDING.search(p[1]) and self.candidates(p[1], "strict")]
                 if not late:
                     return Reading(opening.group(1), "answered", how="opening")
+        if _DANGLING.search(text):
+            return NO_ANSWER  # cut off mid-sentence, before any answer statement
         for _, sentence in reversed(parts):
+            if _REFUSAL.search(sentence):
+                return NO_ANSWER  # it concludes that it cannot answer
             if sentence.rstrip().endswith("?") or _REMARK.search(sentence) or self._rules_out(sentence):
                 continue
             if self.kind == "number":
@@ -503,19 +538,26 @@ class _Reader:
         for m in _STATEMENT.finditer(text):
             reading = self.statement_answer(_statement_clause(text, m))
             if reading is not None:
-                statements.append((m.start(), m.end(), bool(_FINAL_STATEMENT.search(m.group(0))), reading))
+                statements.append((m.start(), m.end(), m["scope"] is not None, reading))
+        if self.kind == "choice":
+            letters = "".join(self.options) or "ABCDEFGHIJ"
+            for m in re.finditer(_CHOICE_NAMED_BEST.format(letters=letters), text, re.IGNORECASE):
+                statements.append((m.start(), m.end(), False, Reading(m.group(1).upper(), "answered", how="statement")))
+            statements.sort(key=lambda st: st[0])
         if not statements:
             return self.conclusion(text)
-        start, end, final, last = statements[-1]
+        start, end, _, last = statements[-1]
         correction = _last_correction(text, end)
         if correction is not None:
             corrected = self.conclusion(text[correction:])
             if corrected.status != "no_answer":
                 return Reading(corrected.answer, corrected.status, corrected.alternatives, "correction")
-        if last.status == "ambiguous" or final:
+        if last.status == "ambiguous":
             return last
-        for prev_start, _, _, prev in reversed(statements[:-1]):
-            if prev.answer == last.answer or prev.status != "answered":
+        # Two different plain statements with no self-correction between them: which one is meant?
+        # An earlier answer to a sub-question ("the answer to step 1 is 5") is not a rival.
+        for prev_start, _, scoped, prev in reversed(statements[:-1]):
+            if prev.answer == last.answer or prev.status != "answered" or scoped:
                 continue
             if _last_correction(text[:start], prev_start) is None:
                 return Reading(None, "ambiguous", (prev.answer, last.answer), "statement")
@@ -536,7 +578,13 @@ def read_answer(text: str, kind: AnswerKind = "number", question: str = "") -> R
     multiple-choice question and the quantities a word problem states."""
     if not text or not text.strip():
         return NO_ANSWER
-    return _Reader(kind, question).read(text)
+    return _reader(kind, question).read(text)
+
+
+@lru_cache(maxsize=4096)
+def _reader(kind: AnswerKind, question: str) -> _Reader:
+    """One reader per question: a question's rationales share its options and stated quantities."""
+    return _Reader(kind, question)
 
 
 def extract_answer(text: str, kind: AnswerKind = "number", question: str = "") -> str | None:
