@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcckd.answers import answer_kind, answers_match
-from tests.data.judge_set import LabelledRationale, agreement, judge_verdicts, load
+from tests.data.judge_set import HOLDOUT, LabelledRationale, agreement, judge_verdicts, load
 from tests.shared_data import SHARED_DATA
 
 
@@ -59,6 +59,11 @@ def main() -> None:
         print("\ndisagreements (person vs judge):")
         for item, j in disagreements:
             print(f"  {item.id}: person {item.verdict} ({item.read_answer!r}), judge {j}; gold {item.gold!r}")
+    holdout = load(SHARED_DATA, HOLDOUT)
+    print_table(
+        "mcckd judge on the held-out SVAMP set (tests/data/judge_labels_holdout.jsonl)",
+        agreement(holdout, judge_verdicts(holdout)),
+    )
     overall = ours["overall"]
     print(f"\njudge_seconds: {seconds:.2f}")
     print(f"judge_false_correct: {overall['false_correct']}")

@@ -231,11 +231,13 @@ _REMARK = re.compile(
     r"|(?:does|do|did|is|are|was|were|will|would)\s*(?:not|n't)\s+(?:affect|impact|change|matter|count|involve|factor)\w*)",
     re.IGNORECASE,
 )
+# Openers of text that only supports a conclusion already given: a check, an alternative method,
+# an explanation after the answer.
 _VERIFICATION = re.compile(
     r"(?:^|\n|(?<=[.!?])\s)\s*(?:to\s+(?:check|verify|double-check|confirm)|let'?s\s+(?:check|verify|double-check|confirm)"
     r"|let\s+us\s+(?:check|verify)|we\s+can\s+(?:check|verify|double-check|confirm)|check(?:ing)?\s*:"
     r"|checking\s+(?:our|the|my|this)\s+(?:work|answer|result|solution)|verif(?:y|ication)\s*:|double-check\s*:"
-    r"|sanity\s+check)",
+    r"|sanity\s+check|alternatively\b|another\s+way\s+(?:to|of)\b|explanation\s*:)",
     re.IGNORECASE,
 )
 _REFUSAL = re.compile(

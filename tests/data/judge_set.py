@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LABELS = Path(__file__).with_name("judge_labels.jsonl")
+# 100 more SVAMP train rationales (seed 20261126, none of the above), labelled the same way after the
+# judge had been developed against LABELS: a check that its rules were not fitted to those rows.
+HOLDOUT = Path(__file__).with_name("judge_labels_holdout.jsonl")
 SEED = 20261125
 VERDICTS = ("correct", "wrong", "no_answer", "ambiguous")
 COT_FACTOR_FILES = [
@@ -130,10 +133,10 @@ def resolve_text(shared: Path, ref: dict) -> str:
     return text
 
 
-def load(shared: Path) -> list[LabelledRationale]:
+def load(shared: Path, labels: Path = LABELS) -> list[LabelledRationale]:
     """Every labelled rationale with its text."""
     out = []
-    for line in LABELS.read_text().splitlines():
+    for line in labels.read_text().splitlines():
         ref = json.loads(line)
         out.append(
             LabelledRationale(
