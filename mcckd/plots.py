@@ -1,0 +1,137 @@
+"""PNG figures for the report, so accuracies, their uncertainty and training behaviour can be read at a glance.
+
+All functions take the run's metrics dict (or training logs), write one PNG and return its path. The Agg backend
+is chosen inside each function, so importing this module never touches a display or the caller's backend.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_NOT_MODELS = {"per_seed", "ci95", "paired", "counts"}
+_DPI = 110
+
+
+def _pyplot():
+    """pyplot on the file-only backend: the pipeline runs on headless machines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def _models(metrics: dict) -> list[str]:
+    """Model names in the metrics' own order (every key that is not a bookkeeping section)."""
+    return [m for m in metrics if m not in _NOT_MODELS]
+
+
+def _splits(metrics: dict) -> list[str]:
+    """Test splits of all models: "id" first, then the out-of-distribution ones sorted."""
+    return sorted({s for m in _models(metrics) for s in metrics[m]}, key=lambda s: (s != "id", s))
+
+
+def _errors(metrics: dict, model: str, splits: list[str], centre: np.ndarray) -> np.ndarray:
+    """Asymmetric error-bar lengths (2, splits) around `centre` from the model's ci95; zero where none is given."""
+    ci = metrics.get("ci95", {}).get(model, {})
+    low = np.array([ci.get(s, [np.nan, np.nan])[0] for s in splits], dtype=float)
+    high = np.array([ci.get(s, [np.nan, np.nan])[1] for s in splits], dtype=float)
+    return np.nan_to_num(np.clip(np.vstack([centre - low, high - centre]), 0, None))
+
+
+def plot_accuracy(metrics: dict, path: Path) -> Path:
+    """Grouped bars: one group per split, one bar per model, 95% CI error bars and per-seed dots."""
+    plt = _pyplot()
+    models, splits = _models(metrics), _splits(metrics)
+    x = np.arange(len(splits))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(splits) * len(models) + 2), 4.5))
+    per_seed = metrics.get("per_seed", {})
+    for i, model in enumerate(models):
+        acc = np.array([metrics[model].get(s, np.nan) for s in splits], dtype=float)
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, acc, width, yerr=_errors(metrics, model, splits, acc), capsize=3, label=model)
+        for j, split in enumerate(splits):
+            seeds = per_seed.get(model, {}).get(split, [])
+            ax.scatter(np.full(len(seeds), pos[j]), seeds, s=12, color="black", zorder=3)
+    ax.set_xticks(x, splits)
+    ax.set_ylim(0, 1.02)  # a little above 1 so whiskers reaching 1.0 keep their caps
+    ax.set_xlabel("test split")
+    ax.set_ylabel("accuracy")
+    ax.set_title("test accuracy by split (bars: mean, whiskers: 95% CI, dots: seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+def plot_training_curves(logs: dict[str, list[list[dict]]], path: Path) -> Path:
+    """Cross-entropy and consistency loss per step: a thin line per seed, a thick line for the mean over seeds."""
+    plt = _pyplot()
+    fig, (ce_ax, cons_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    any_consistency = False
+    for i, (method, seeds) in enumerate(logs.items()):
+        colour = colours[i % len(colours)]
+        runs = [r for r in seeds if r]
+        if not runs:
+            continue
+        shortest = min(len(r) for r in runs)
+        steps = [row["step"] for row in runs[0][:shortest]]
+        for key, ax in (("cross_entropy", ce_ax), ("consistency", cons_ax)):
+            curves = [np.array([row[key] for row in run], dtype=float) for run in runs]
+            if key == "consistency":
+                if not any(np.any(c != 0) for c in curves):
+                    continue
+                any_consistency = True
+            for run, curve in zip(runs, curves, strict=True):
+                ax.plot([row["step"] for row in run], curve, color=colour, linewidth=0.8, alpha=0.35)
+            mean = np.mean([c[:shortest] for c in curves], axis=0)
+            ax.plot(steps, mean, color=colour, linewidth=2.2, label=method)
+    ce_ax.set_title("cross-entropy loss")
+    cons_ax.set_title("consistency loss")
+    panels = (ce_ax, cons_ax) if any_consistency else (ce_ax,)
+    for ax in panels:
+        ax.set_xlabel("training step")
+        ax.set_ylabel("loss (log scale)")
+        ax.set_yscale("log", nonpositive="mask")
+        if ax.lines:
+            ax.legend()
+    if not any_consistency:
+        cons_ax.set_xticks([])
+        cons_ax.set_yticks([])
+        cons_ax.text(0.5, 0.5, "no consistency term", ha="center", va="center", transform=cons_ax.transAxes)
+    fig.suptitle("training curves (thin: one seed, thick: mean over seeds)")
+    return _save(fig, path)
+
+
+def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Path:
+    """Teacher minus student accuracy per split, with each student's 95% CI shifted onto the gap."""
+    plt = _pyplot()
+    students = [m for m in _models(metrics) if m != teacher]
+    splits = _splits(metrics)
+    x = np.arange(len(splits))
+    width = 0.8 / max(len(students), 1)
+    top = np.array([metrics.get(teacher, {}).get(s, np.nan) for s in splits], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(splits) * len(students) + 2), 4.5))
+    for i, student in enumerate(students):
+        acc = np.array([metrics[student].get(s, np.nan) for s in splits], dtype=float)
+        # teacher - [low, high] = [teacher - high, teacher - low]: the error lengths swap sides.
+        below, above = _errors(metrics, student, splits, acc)
+        ax.bar(x - 0.4 + width * (i + 0.5), top - acc, width, yerr=[above, below], capsize=3, label=student)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, splits)
+    ax.set_xlabel("test split")
+    ax.set_ylabel(f"{teacher} accuracy - student accuracy")
+    ax.set_title(f"{teacher} - student accuracy gap (whiskers: student's 95% CI)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)

@@ -1,0 +1,222 @@
+"""Report statistics and figures: intervals that cover, tests that detect, and PNGs that open."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from scipy.stats import binomtest
+
+from mcckd.plots import plot_accuracy, plot_teacher_gap, plot_training_curves
+from mcckd.stats import accuracy_interval, describe_comparison, paired_comparison, wilson_interval
+
+
+def _matrix(accuracy: float, seeds: int, questions: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random((seeds, questions)) < accuracy
+
+
+# --- Wilson ---------------------------------------------------------------------------------------------------
+
+
+def test_wilson_matches_known_values_and_contains_estimate():
+    low, high = wilson_interval(70, 100)
+    assert low == pytest.approx(0.6042, abs=5e-4)
+    assert high == pytest.approx(0.7810, abs=5e-4)
+    assert low < 0.70 < high
+
+
+@pytest.mark.parametrize(("correct", "n"), [(0, 50), (50, 50), (0, 1), (1, 1)])
+def test_wilson_edges_stay_in_unit_interval(correct: int, n: int):
+    low, high = wilson_interval(correct, n)
+    assert 0.0 <= low <= correct / n <= high <= 1.0
+    assert high - low > 0
+
+
+def test_wilson_without_questions_is_the_whole_range():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# --- accuracy_interval --------------------------------------------------------------------------------------
+
+
+def test_single_run_interval_is_wilson():
+    row = _matrix(0.7, 1, 300)
+    assert accuracy_interval(row) == wilson_interval(int(row.sum()), 300)
+
+
+def test_seed_bootstrap_is_deterministic_and_contains_mean():
+    m = _matrix(0.6, 3, 500)
+    first = accuracy_interval(m, seed=7)
+    assert first == accuracy_interval(m, seed=7)
+    assert first[0] < m.mean() < first[1]
+
+
+def test_seed_bootstrap_narrows_with_more_questions():
+    small = accuracy_interval(_matrix(0.6, 3, 200), n_resamples=2_000)
+    large = accuracy_interval(_matrix(0.6, 3, 2000), n_resamples=2_000)
+    assert (large[1] - large[0]) < 0.6 * (small[1] - small[0])
+
+
+def test_seed_bootstrap_matches_naive_index_resampling():
+    """The vectorised bootstrap must agree with the plain definition: redraw seed rows, then question columns."""
+    m = np.random.default_rng(5).random((3, 300)) < np.array([[0.4], [0.5], [0.6]])
+    rng = np.random.default_rng(0)
+    naive = [m[rng.integers(0, 3, 3)][:, rng.integers(0, 300, 300)].mean() for _ in range(4000)]
+    expected = np.quantile(naive, [0.025, 0.975])
+    assert accuracy_interval(m) == pytest.approx(tuple(expected), abs=0.01)
+
+
+def test_seed_bootstrap_widens_when_seeds_disagree():
+    """Seed-to-seed variance must show: three seeds at 0.3/0.6/0.9 are less certain than three at 0.6."""
+    rng = np.random.default_rng(3)
+    agreeing = rng.random((3, 1000)) < 0.6
+    disagreeing = rng.random((3, 1000)) < np.array([[0.3], [0.6], [0.9]])
+    narrow, wide = accuracy_interval(agreeing), accuracy_interval(disagreeing)
+    assert (wide[1] - wide[0]) > 3 * (narrow[1] - narrow[0])
+
+
+# --- paired_comparison --------------------------------------------------------------------------------------
+
+
+def test_identical_models_do_not_differ():
+    m = _matrix(0.5, 3, 200)
+    result = paired_comparison(m, m)
+    assert result["difference"] == 0.0
+    assert result["p_value"] == 1.0
+    assert result["ci95"] == [0.0, 0.0]
+    assert (result["a_only"], result["b_only"], result["significant"]) == (0, 0, False)
+
+
+def test_clearly_better_model_is_detected():
+    rng = np.random.default_rng(0)
+    b = rng.random((3, 300)) < 0.5
+    a = b | (rng.random((3, 300)) < 0.3)  # a keeps every answer b gets right and fixes ~30% of the rest
+    result = paired_comparison(a, b)
+    assert result["difference"] == pytest.approx(a.mean() - b.mean())
+    assert result["p_value"] < 0.001
+    assert result["ci95"][0] > 0
+    assert result["significant"] is True
+    flipped = paired_comparison(b, a)
+    assert flipped["difference"] == pytest.approx(-result["difference"])
+    assert flipped["ci95"][1] < 0
+
+
+def test_p_value_is_exact_mcnemar_on_hand_counted_pairs():
+    # Seed 0: a alone right on questions 0-5, b alone on 6-7; seed 1: a alone on 0-3, b alone on 4-6; rest agree.
+    a = np.zeros((2, 20), dtype=bool)
+    b = np.zeros((2, 20), dtype=bool)
+    a[0, :6] = True
+    b[0, 6:8] = True
+    a[1, :4] = True
+    b[1, 4:7] = True
+    a[:, 10:] = b[:, 10:] = True
+    result = paired_comparison(a, b)
+    assert (result["a_only"], result["b_only"]) == (10, 5)
+    assert result["p_value"] == pytest.approx(binomtest(10, 15, 0.5).pvalue)
+    assert result["difference"] == pytest.approx((10 - 5) / 40)
+
+
+def test_shape_mismatch_names_both_shapes():
+    with pytest.raises(ValueError, match=r"\(3, 100\).*\(2, 100\)"):
+        paired_comparison(np.zeros((3, 100), bool), np.zeros((2, 100), bool))
+
+
+def test_comparison_is_json_serialisable_plain_types():
+    result = paired_comparison(_matrix(0.6, 3, 100, seed=1), _matrix(0.5, 3, 100, seed=2))
+    assert json.loads(json.dumps(result)) == result
+    assert all(type(v) in (float, int, bool, list) for v in result.values())
+    assert all(type(x) is float for x in result["ci95"])
+
+
+# --- describe_comparison ------------------------------------------------------------------------------------
+
+
+def test_describe_not_significant():
+    result = {"difference": 0.04, "ci95": [-0.015, 0.095], "p_value": 0.16, "significant": False}
+    text = describe_comparison("mcc_kd - std_cot", "ood_steps", result)
+    assert text == (
+        "On ood_steps, mcc_kd is 4.0 points above std_cot (95% CI -1.5 to 9.5, p = 0.16): "
+        "not significant — the data do not tell them apart."
+    )
+
+
+def test_describe_significant_and_below():
+    result = {"difference": -0.04, "ci95": [-0.068, -0.012], "p_value": 0.004, "significant": True}
+    text = describe_comparison("mcc_kd - std_cot", "id", result)
+    assert text == (
+        "On id, mcc_kd is 4.0 points below std_cot (95% CI -6.8 to -1.2, p = 0.004): significant at the 5% level."
+    )
+    assert "not significant" not in text
+
+
+def test_describe_real_result():
+    rng = np.random.default_rng(0)
+    b = rng.random((3, 300)) < 0.5
+    text = describe_comparison("a - b", "id", paired_comparison(b | (rng.random((3, 300)) < 0.3), b))
+    assert "p < 0.001" in text
+    assert "significant at the 5% level" in text
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+
+METRICS = {
+    "teacher": {"id": 0.98, "ood_steps": 0.95, "ood_templates": 0.99},
+    "untrained": {"id": 0.05, "ood_steps": 0.02, "ood_templates": 0.04},
+    "std_cot": {"id": 0.61, "ood_steps": 0.40, "ood_templates": 0.55},
+    "mcc_kd": {"id": 0.63, "ood_steps": 0.44, "ood_templates": 0.57},
+    "per_seed": {
+        "std_cot": {"id": [0.61, 0.63, 0.60], "ood_steps": [0.4, 0.41, 0.39], "ood_templates": [0.55, 0.56, 0.54]},
+        "mcc_kd": {"id": [0.62, 0.64, 0.63], "ood_steps": [0.43, 0.45, 0.44], "ood_templates": [0.57, 0.58, 0.56]},
+    },
+    "ci95": {
+        "teacher": {"id": [0.95, 0.99], "ood_steps": [0.91, 0.97], "ood_templates": [0.97, 1.0]},
+        "untrained": {"id": [0.03, 0.08], "ood_steps": [0.01, 0.04], "ood_templates": [0.02, 0.07]},
+        "std_cot": {"id": [0.57, 0.65], "ood_steps": [0.35, 0.45], "ood_templates": [0.5, 0.6]},
+        "mcc_kd": {"id": [0.59, 0.67], "ood_steps": [0.39, 0.49], "ood_templates": [0.52, 0.62]},
+    },
+    "paired": {"mcc_kd - std_cot": {"id": {"difference": 0.02, "ci95": [-0.01, 0.05], "p_value": 0.3}}},
+    "counts": {"questions": 100, "samples": 400, "correct": 300, "selected": 250},
+}
+
+
+def _assert_png(path: Path, written: Path, min_width: int = 400) -> None:
+    assert written == path
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert width >= min_width
+    assert height >= 250
+    assert image.std() > 0  # something was drawn
+
+
+def test_plot_accuracy_writes_png(tmp_path: Path):
+    path = tmp_path / "figures" / "accuracy.png"
+    _assert_png(path, plot_accuracy(METRICS, path))
+
+
+def test_plot_teacher_gap_writes_png(tmp_path: Path):
+    path = tmp_path / "gap.png"
+    _assert_png(path, plot_teacher_gap(METRICS, path))
+
+
+def _log(steps: int, start: float, consistency: float) -> list[dict]:
+    return [
+        {"step": s, "cross_entropy": start / (1 + s), "consistency": consistency / (1 + s) if consistency else 0.0}
+        for s in range(steps)
+    ]
+
+
+def test_plot_training_curves_unequal_seeds_and_zero_consistency(tmp_path: Path):
+    logs = {
+        "std_cot": [_log(50, 3.0, 0.0), _log(40, 3.2, 0.0), _log(50, 2.9, 0.0)],
+        "mcc_kd": [_log(50, 3.0, 0.5), _log(45, 3.1, 0.6)],
+    }
+    path = tmp_path / "curves.png"
+    _assert_png(path, plot_training_curves(logs, path), min_width=800)
+
+
+def test_plot_training_curves_without_any_consistency(tmp_path: Path):
+    path = tmp_path / "curves.png"
+    _assert_png(path, plot_training_curves({"std_cot": [_log(30, 3.0, 0.0), _log(20, 3.0, 0.0)]}, path), 800)
