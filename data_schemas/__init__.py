@@ -155,8 +155,11 @@ PREDICTIONS = pa.schema(
         ("question_id", pa.string()),
         ("question", pa.string()),
         ("answer", pa.string()),
-        ("generation", pa.string()),
-        ("predicted_answer", pa.string()),
+        ("generation", pa.string()),  # the first sample's text (greedy: the only one)
+        ("generations", pa.list_(pa.string())),  # every sample's text (self-consistency)
+        ("predicted_answer", pa.string()),  # the majority answer; null = unanswered
+        ("votes", pa.int32()),  # samples that gave predicted_answer
+        ("answered", pa.bool_()),
         ("correct", pa.bool_()),
         ("finish_reason", pa.string()),
     ]

@@ -80,7 +80,7 @@ def read_records(path: Path) -> list[dict]:
     return data
 
 
-def _field(path: Path, i: int, row: dict, name: str, required: bool) -> object:
+def field_value(path: Path, i: int, row: dict, name: str, required: bool) -> object:
     for key in FIELD_NAMES[name]:
         if key in row:
             return row[key]
@@ -93,9 +93,9 @@ def read_record(path: Path, i: int, row: object) -> tuple[str, str, str, list[st
     """(question_id, question, answer, rationales) of one row; raises naming the row and field."""
     if not isinstance(row, dict):
         raise RecordedDataError(f"{path}: row {i}: expected an object, got {type(row).__name__}")
-    question = _field(path, i, row, "question", required=True)
-    outputs = _field(path, i, row, "rationale", required=True)
-    label = _field(path, i, row, "answer", required=False)
+    question = field_value(path, i, row, "question", required=True)
+    outputs = field_value(path, i, row, "rationale", required=True)
+    label = field_value(path, i, row, "answer", required=False)
     if not isinstance(question, str):
         raise RecordedDataError(f"{path}: row {i}: field 'instruction' must be text, got {type(question).__name__}")
     outputs = [outputs] if isinstance(outputs, str) else outputs
