@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from flows.distill import DistillConfig, distill
+from flows.distill import DistillConfig, StudentEval, StudentMethod, distill
 from mcckd import report
 from mcckd.demo_world.build import STUDENT_BASE_DIR, TEACHER_DIR
 from mcckd.demo_world.problems import write_question_sets
+from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
-from mcckd.stages.sample import SampleSettings
+from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete
@@ -29,6 +30,9 @@ from mcckd.teachers import Sampling, TeacherSpec
 from mcckd.training.loop import TrainConfig
 
 QUESTIONS_VERSION = 1
+# The demo's models are a few MB: a small KV-cache reservation starts vLLM in half the time (on the
+# CPU backend the engine allocates memory_fraction of RAM up front).
+SMALL_ENGINE = VllmSettings(memory_fraction=0.1)
 
 
 class DemoSettings(BaseModel):
@@ -36,8 +40,13 @@ class DemoSettings(BaseModel):
 
     train_questions: int = 600
     test_questions: int = 200
-    seed: int = 0
-    num_samples: int = 4
+    data_seed: int = 0  # draws the questions and the teacher's samples
+    # CoT formats the teacher is asked for (arXiv 2502.18001): ones that restate the running amount
+    # at every step suit this small student (measured: see the README's "The demo world").
+    cot_styles: list[tuple[str, str]] = Field(
+        [("plain", "2"), ("subq", "2")], description="(CoT format, granularity) prompts to the teacher"
+    )
+    num_samples: int = Field(2, description="rationales per question and CoT style")
     temperature: float = 0.8
     k: int = 3
     epochs: int = 24
@@ -45,6 +54,8 @@ class DemoSettings(BaseModel):
     questions_per_batch: int = 16
     learning_rate: float = 3e-3
     dev_fraction: float = 0.05  # held-out questions that pick the best epoch's weights
+    seeds: list[int] = Field([0], min_length=1, description="training seeds of each student method")
+    eval_samples: int = Field(1, ge=1, description="1 = greedy evaluation; n > 1 = self-consistency over n")
 
 
 @task(name="demo-questions")
@@ -63,7 +74,6 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
         questions_per_batch=settings.questions_per_batch,
         learning_rate=settings.learning_rate,
         dev_fraction=settings.dev_fraction,
-        seed=settings.seed,
     )
     return DistillConfig(
         store=store,
@@ -71,18 +81,21 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
         train_questions=questions / "train.parquet",
         test_sets={split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")},
         sample=SampleSettings(
-            teachers=[TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR))],
+            teachers=[TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)],
+            prompts=[PromptSpec(cot_format=fmt, granularity=level) for fmt, level in settings.cot_styles],
             num_samples=settings.num_samples,
             sampling=Sampling(temperature=settings.temperature),
-            seed=settings.seed,
+            seed=settings.data_seed,
         ),
         select=SelectSettings(k=settings.k),
         students={
-            "std_cot": TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": 0.0})),
-            "mcc_kd": TrainSettings(
-                base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": settings.alpha})
-            ),
+            name: StudentMethod(
+                train=TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": alpha})),
+                seeds=settings.seeds,
+            )
+            for name, alpha in (("std_cot", 0.0), ("mcc_kd", settings.alpha))
         },
+        student_eval=StudentEval(samples=settings.eval_samples, vllm=SMALL_ENGINE),
     )
 
 
@@ -92,18 +105,21 @@ def demo(
     store: Path = PROJECT_ROOT / "runs" / "store",
     report_dir: Path = PROJECT_ROOT / "runs" / "demo",
 ) -> dict:
-    questions = demo_questions(store, settings.train_questions, settings.test_questions, settings.seed)
+    questions = demo_questions(store, settings.train_questions, settings.test_questions, settings.data_seed)
     return distill(demo_config(settings, questions, store, report_dir))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report-dir", type=Path, default=PROJECT_ROOT / "runs" / "demo")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of each student method")
     args = parser.parse_args()
     started = time.perf_counter()
-    metrics = demo(report_dir=args.report_dir)
-    print("\nAccuracy per test split (greedy; unanswered = wrong):\n")
+    metrics = demo(settings=DemoSettings(seeds=args.seeds), report_dir=args.report_dir)
+    print("\nAccuracy per test set: mean (± sd over seeds) [95% interval]; unanswered = wrong\n")
     print(report.accuracy_table(metrics))
+    print()
+    print(report.comparisons(metrics))
     print("\nTeacher data:\n")
     print(report.counts_table(metrics))
     print(f"\nflow time: {time.perf_counter() - started:.0f} s; report: {args.report_dir / 'report.md'}")

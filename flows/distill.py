@@ -9,14 +9,16 @@ tasks, so a cached stage still shows them.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import NamedTuple
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from mcckd import report
+from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
 from mcckd.stages import stage_fingerprint
 from mcckd.stages.evaluate import EvaluateSettings
@@ -31,22 +33,41 @@ from tasks.stages import TASKS
 
 
 class StudentEval(BaseModel):
-    """How students (and the untrained base) are prompted and decoded at evaluation."""
+    """How every model is decoded at evaluation (students and the base also share a template)."""
 
     template: str = "student"
     max_tokens: int = 192
+    samples: int = Field(1, ge=1, description="1 = greedy; n > 1 = self-consistency (majority vote over n)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of self-consistency")
+    vllm: VllmSettings = VllmSettings()
+
+
+class StudentMethod(BaseModel):
+    """One way to train the student (Std-CoT: alpha 0; MCC-KD: alpha > 0) and the seeds to train it with.
+
+    Each (method, seed) is its own cached train and evaluate stage; the report gives every seed and
+    the mean, with intervals over seeds and questions.
+    """
+
+    train: TrainSettings
+    seeds: list[int] = Field([0], min_length=1, description="training seeds (TrainConfig.seed of each run)")
 
 
 class DistillConfig(BaseModel):
     store: Path = PROJECT_ROOT / "runs" / "store"
     report_dir: Path = PROJECT_ROOT / "runs" / "latest"
     train_questions: Path
-    test_sets: dict[str, Path]  # split name -> questions Parquet; "id" and "ood*" splits
+    test_sets: dict[str, Path] = Field(
+        description="name -> test set (questions Parquet, JSON/JSONL/Parquet with the import stage's field names, "
+        "or a datasets folder); every model is evaluated on each"
+    )
     sample: SampleSettings
     judge: JudgeSettings = JudgeSettings()
     select: SelectSettings = SelectSettings()
     materialize: MaterializeSettings = MaterializeSettings()
-    students: dict[str, TrainSettings] = Field(description="name -> training settings, e.g. std_cot, mcc_kd")
+    students: dict[str, StudentMethod] = Field(
+        description="name -> method and seeds, e.g. std_cot, mcc_kd; the first is the baseline of paired comparisons"
+    )
     teacher_eval_template: str = "demo_teacher"
     student_eval: StudentEval = StudentEval()
 
@@ -138,40 +159,71 @@ def distill(config: DistillConfig) -> dict:
         description="judged samples by verdict (everything but 'correct' is in the rejection ledger)",
     )
 
-    trained = {}
-    for name, settings in config.students.items():
-        base_fp = path_fingerprint(settings.base_model)
-        trained[name] = run_stage(store, "train", settings, {"trainset": trainset}, {"base_model": base_fp})
-        _publish(f"train-{name.replace('_', '-')}", "train", trained[name].path)
+    trained: dict[str, dict[int, Ref]] = {}
+    for name, method in config.students.items():
+        base_fp = path_fingerprint(method.train.base_model)
+        trained[name] = {}
+        for seed in method.seeds:
+            settings = method.train.model_copy(update={"loop": method.train.loop.model_copy(update={"seed": seed})})
+            ref = run_stage(store, "train", settings, {"trainset": trainset}, {"base_model": base_fp})
+            trained[name][seed] = ref
+            _publish(f"train-{name.replace('_', '-')}-seed{seed}", "train", ref.path)
 
-    base_model = next(iter(config.students.values())).base_model
+    base_model = next(iter(config.students.values())).train.base_model
     local = [t for t in config.sample.teachers if t.backend == "vllm"]  # served teachers are not re-scored
-    models = {
-        ("teacher" if len(local) == 1 else f"teacher-{t.name}"): (
-            Path(t.model),
-            teacher_fps[t.name],
-            config.teacher_eval_template,
-        )
+    models: dict[str, dict[int | None, tuple[Path, str, str]]] = {
+        ("teacher" if len(local) == 1 else f"teacher-{t.name}"): {
+            None: (Path(t.model), teacher_fps[t.name], config.teacher_eval_template)
+        }
         for t in local
     }
-    models["untrained"] = (base_model, path_fingerprint(base_model), config.student_eval.template)
-    models |= {n: (r.input_path, r.fingerprint, config.student_eval.template) for n, r in trained.items()}
-    evals = {}
-    for name, (model_dir, model_fp, template) in models.items():
-        settings = EvaluateSettings(
-            model=model_dir, model_name=name, template=template, max_tokens=config.student_eval.max_tokens
-        )
-        evals[name] = run_stage(store, "evaluate", settings, tests, {"model": model_fp}).path
+    models["untrained"] = {None: (base_model, path_fingerprint(base_model), config.student_eval.template)}
+    for name, runs in trained.items():
+        models[name] = {seed: (r.input_path, r.fingerprint, config.student_eval.template) for seed, r in runs.items()}
+    evals: dict[str, dict[int | None, Path]] = {}
+    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
+    for name, runs in models.items():
+        evals[name] = {}
+        for seed, (model_dir, model_fp, template) in runs.items():
+            run_name = name if seed is None else f"{name}-seed{seed}"
+            settings = EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
+            evals[name][seed] = run_stage(store, "evaluate", settings, tests, {"model": model_fp}).path
 
     n_questions = report.stage_summary(samples.path)["questions"]
-    metrics = report.build_metrics(n_questions, samples.path, judged.path, selected.path, evals)
+    counts = report.data_counts(n_questions, samples.path, judged.path, selected.path)
+    metrics = report.build_metrics(evals, counts, baseline=next(iter(config.students)))
     stage_dirs = {"sample": samples.path, "judge": judged.path, "select": selected.path, "materialize": trainset.path}
-    stage_dirs |= {f"train {n}": r.path for n, r in trained.items()} | {f"evaluate {n}": p for n, p in evals.items()}
-    path = report.write_report(config.report_dir, metrics, stage_dirs, {n: r.path for n, r in trained.items()})
+    train_dirs = {name: {seed: r.path for seed, r in runs.items()} for name, runs in trained.items()}
+    for name, runs in train_dirs.items():
+        stage_dirs |= {f"train {name} seed {seed}": d for seed, d in runs.items()}
+    for name, runs in evals.items():
+        stage_dirs |= {f"evaluate {name}" + ("" if seed is None else f" seed {seed}"): d for seed, d in runs.items()}
+    path = report.write_report(config.report_dir, metrics, stage_dirs, train_dirs, evals)
     create_table_artifact(
         key="accuracy",
-        table=[{"model": m, **acc} for m, acc in metrics.items() if m != "counts"],
-        description="accuracy per test split",
+        table=report.accuracy_rows(metrics),
+        description="accuracy per test set (mean over seeds) with its 95% interval",
     )
     create_markdown_artifact(key="distill-report", markdown=path.read_text(), description=str(path))
+    for plot in report.PLOTS:
+        create_image_artifact(
+            image_url=report.data_url(config.report_dir / plot),
+            key=f"plot-{plot.removesuffix('.png').replace('_', '-')}",
+            description=f"{plot} ({config.report_dir})",
+        )
     return metrics
+
+
+def main() -> None:
+    """``python -m flows.distill --config run.json``: a whole run (teachers, test sets, methods, seeds) from JSON."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="a DistillConfig as JSON")
+    args = parser.parse_args()
+    metrics = distill(DistillConfig.model_validate_json(args.config.read_text()))
+    print(report.accuracy_table(metrics))
+    print()
+    print(report.comparisons(metrics))
+
+
+if __name__ == "__main__":
+    main()

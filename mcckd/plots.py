@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-_NOT_MODELS = {"per_seed", "ci95", "paired", "counts"}
+# metrics.json keys that are not models (see mcckd.report.build_metrics).
+NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds"}
 _DPI = 110
 
 
@@ -34,7 +35,7 @@ def _save(fig, path: Path) -> Path:
 
 def _models(metrics: dict) -> list[str]:
     """Model names in the metrics' own order (every key that is not a bookkeeping section)."""
-    return [m for m in metrics if m not in _NOT_MODELS]
+    return [m for m in metrics if m not in NOT_MODELS]
 
 
 def _splits(metrics: dict) -> list[str]:

@@ -1,17 +1,28 @@
-"""What a person reads after a run: metrics.json, report.md and a terminal table, built from the
-stage folders alone (so a report can be rebuilt from any store without re-running anything).
+"""What a person reads after a run: metrics.json, report.md with its plots, and a terminal table,
+built from the stage folders alone (so a report can be rebuilt from any store without re-running).
+
+Every accuracy carries a 95% interval (Wilson for one run; a bootstrap over seeds and questions for
+several), and every student method is compared with the baseline on the same questions and seeds
+(paired bootstrap interval, exact McNemar p-value): see ``mcckd.stats``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import shutil
+import statistics
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
+from mcckd import plots, stats
+from mcckd.environment import describe
 from mcckd.store import read_manifest
+
+PLOTS = ("accuracy.png", "training_curves.png", "teacher_gap.png")
+EvalDirs = dict[str, dict[int | None, Path]]  # model -> seed (None: not a trained student) -> evaluate folder
 
 
 def _fmt(x: float | None) -> str:
@@ -34,26 +45,153 @@ def rejection_counts(*stage_dirs: Path) -> dict[str, int]:
     return dict(counts)
 
 
-def build_metrics(questions: int, sample_dir: Path, judge_dir: Path, select_dir: Path, evals: dict[str, Path]) -> dict:
-    """The run's headline figures, shaped as the demo's metrics.json contract."""
-    metrics: dict = {name: json.loads((d / "accuracy.json").read_text()) for name, d in evals.items()}
-    metrics["counts"] = {
+def data_counts(questions: int, sample_dir: Path, judge_dir: Path, select_dir: Path) -> dict:
+    return {
         "questions": questions,
         "samples": stage_summary(sample_dir)["samples"],
         "correct": stage_summary(judge_dir)["correct"],
         "selected": stage_summary(select_dir)["selected"],
     }
-    return metrics
+
+
+def correctness(eval_dir: Path) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    """Per test set: question ids in file order, whether each was answered correctly, and answered at all."""
+    table = pq.read_table(eval_dir / "predictions.parquet", columns=["split", "question_id", "correct", "answered"])
+    out: dict[str, tuple[list, list, list]] = {}
+    for row in table.to_pylist():
+        ids, ok, answered = out.setdefault(row["split"], ([], [], []))
+        ids.append(row["question_id"])
+        ok.append(row["correct"])
+        answered.append(row["answered"])
+    return {s: (ids, np.array(ok, dtype=bool), np.array(a, dtype=bool)) for s, (ids, ok, a) in out.items()}
+
+
+def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) -> dict:
+    """The run's figures, shaped as the demo's metrics.json contract.
+
+    ``{model: {set: mean accuracy over seeds}}`` for every model, then ``per_seed`` (students),
+    ``ci95`` (every model), ``paired`` (each method minus ``baseline`` on the seeds both ran),
+    ``unanswered`` (share of questions without an answer, mean over seeds), ``seeds`` and ``counts``.
+    """
+    runs = {model: {seed: correctness(d) for seed, d in dirs.items()} for model, dirs in evals.items()}
+    metrics: dict = {}
+    per_seed: dict = {}
+    ci95: dict = {}
+    unanswered: dict = {}
+    for model, by_seed in runs.items():
+        seeds = sorted(by_seed, key=lambda s: -1 if s is None else s)
+        sets = sorted({s for r in by_seed.values() for s in r}, key=lambda s: (s != "id", s))
+        metrics[model], ci95[model], unanswered[model] = {}, {}, {}
+        for name in sets:
+            matrix = _aligned(model, name, [by_seed[seed] for seed in seeds])
+            metrics[model][name] = float(matrix.mean()) if matrix.size else 0.0
+            ci95[model][name] = list(stats.accuracy_interval(matrix))
+            answered = np.stack([by_seed[seed][name][2] for seed in seeds])
+            unanswered[model][name] = float(1 - answered.mean()) if answered.size else 0.0
+        if seeds != [None]:
+            per_seed[model] = {name: [float(by_seed[s][name][1].mean()) for s in seeds] for name in sets}
+    paired: dict = {}
+    if baseline in runs:
+        for model in per_seed:
+            common = sorted(set(runs[model]) & set(runs[baseline]))
+            if model == baseline or not common:
+                continue
+            key = f"{model} - {baseline}"
+            paired[key] = {}
+            for name in metrics[model]:
+                a = _aligned(model, name, [runs[model][s] for s in common])
+                b = _aligned(baseline, name, [runs[baseline][s] for s in common])
+                paired[key][name] = stats.paired_comparison(a, b)
+    seeds_run = {m: sorted(s for s in by_seed if s is not None) for m, by_seed in runs.items() if m in per_seed}
+    return metrics | {
+        "per_seed": per_seed,
+        "ci95": ci95,
+        "paired": paired,
+        "unanswered": unanswered,
+        "seeds": seeds_run,
+        "counts": counts,
+    }
+
+
+def _aligned(model: str, name: str, seed_runs: list[dict]) -> np.ndarray:
+    """(seeds, questions) correctness with the questions in the same order for every seed."""
+    ids = seed_runs[0][name][0]
+    for r in seed_runs[1:]:
+        if r[name][0] != ids:
+            raise ValueError(f"{model}: the seeds' predictions on {name!r} are not for the same questions")
+    return np.stack([r[name][1] for r in seed_runs])
+
+
+def models(metrics: dict) -> list[str]:
+    return [m for m in metrics if m not in plots.NOT_MODELS]
+
+
+def test_sets(metrics: dict) -> list[str]:
+    return sorted({s for m in models(metrics) for s in metrics[m]}, key=lambda s: (s != "id", s))
+
+
+def _cell(metrics: dict, model: str, name: str) -> str:
+    seeds = metrics["per_seed"].get(model, {}).get(name, [])
+    low, high = metrics["ci95"][model][name]
+    spread = f" ± {statistics.stdev(seeds):.3f}" if len(seeds) > 1 else ""
+    return f"{metrics[model][name]:.3f}{spread} [{low:.2f}, {high:.2f}]"
 
 
 def accuracy_table(metrics: dict) -> str:
-    """Markdown table: one row per model, one column per test split."""
-    models = [m for m in metrics if m != "counts"]
-    splits = sorted({s for m in models for s in metrics[m]}, key=lambda s: (s != "id", s))
-    lines = ["| model | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
-    for m in models:
-        lines.append(f"| {m} | " + " | ".join(f"{metrics[m].get(s, float('nan')):.3f}" for s in splits) + " |")
+    """Markdown: one row per model, one column per test set: mean (± sd over seeds) [95% interval]."""
+    sets = test_sets(metrics)
+    lines = ["| model | seeds | " + " | ".join(sets) + " |", "|---|---:|" + "---:|" * len(sets)]
+    for m in models(metrics):
+        n = len(metrics["seeds"].get(m, [])) or 1
+        lines.append(f"| {m} | {n} | " + " | ".join(_cell(metrics, m, s) for s in sets) + " |")
     return "\n".join(lines)
+
+
+def accuracy_rows(metrics: dict) -> list[dict]:
+    """The accuracy table as rows for a Prefect table artifact."""
+    return [{"model": m, **{s: _cell(metrics, m, s) for s in test_sets(metrics)}} for m in models(metrics)]
+
+
+def per_seed_table(metrics: dict) -> str:
+    sets = test_sets(metrics)
+    lines = ["| method | seed | " + " | ".join(sets) + " |", "|---|---:|" + "---:|" * len(sets)]
+    for m, seeds in metrics["seeds"].items():
+        for i, seed in enumerate(seeds):
+            cells = " | ".join(f"{metrics['per_seed'][m][s][i]:.3f}" for s in sets)
+            lines.append(f"| {m} | {seed} | {cells} |")
+    return "\n".join(lines)
+
+
+def unanswered_table(metrics: dict) -> str:
+    sets = test_sets(metrics)
+    lines = ["| model | " + " | ".join(f"{s} wrong | {s} unanswered" for s in sets) + " |"]
+    lines.append("|---|" + "---:|---:|" * len(sets))
+    for m in models(metrics):
+        cells = []
+        for s in sets:
+            unanswered = metrics["unanswered"][m][s]
+            cells += [f"{1 - metrics[m][s] - unanswered:.3f}", f"{unanswered:.3f}"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparisons(metrics: dict) -> str:
+    """The paired comparisons as a table and one plain sentence each."""
+    if not metrics["paired"]:
+        return "No paired comparison: the run has one student method (or its methods share no seed)."
+    lines = [
+        "| comparison | test set | difference | 95% interval | p (exact McNemar) | |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    sentences = []
+    for key, by_set in metrics["paired"].items():
+        for name, r in by_set.items():
+            low, high = r["ci95"]
+            verdict = "significant" if r["significant"] else "not significant"
+            interval = f"[{low:+.3f}, {high:+.3f}]"
+            lines.append(f"| {key} | {name} | {r['difference']:+.3f} | {interval} | {r['p_value']:.3g} | {verdict} |")
+            sentences.append(f"- {stats.describe_comparison(key, name, r)}")
+    return "\n".join(lines) + "\n\n" + "\n".join(sentences)
 
 
 def counts_table(metrics: dict) -> str:
@@ -81,35 +219,78 @@ def sample_rationales(select_dir: Path, limit: int = 2) -> str:
     return "\n".join(out)
 
 
+def data_url(png: Path) -> str:
+    """A PNG as a data URL: an image artifact the Prefect UI shows without a file server."""
+    return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+def write_plots(report_dir: Path, metrics: dict, train_dirs: dict[str, dict[int, Path]]) -> None:
+    logs = {
+        name: [pq.read_table(d / "train_log.parquet").to_pylist() for _, d in sorted(runs.items())]
+        for name, runs in train_dirs.items()
+    }
+    plots.plot_accuracy(metrics, report_dir / "accuracy.png")
+    plots.plot_training_curves(logs, report_dir / "training_curves.png")
+    plots.plot_teacher_gap(metrics, report_dir / "teacher_gap.png")
+
+
 def write_report(
     report_dir: Path,
     metrics: dict,
     stage_dirs: dict[str, Path],
-    train_dirs: dict[str, Path],
+    train_dirs: dict[str, dict[int, Path]],
+    evals: EvalDirs,
 ) -> Path:
-    """metrics.json, report.md and the loss curves, in ``report_dir``."""
+    """metrics.json, environment.json, the plots and report.md, in ``report_dir``."""
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    environment = describe()
+    (report_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+    write_plots(report_dir, metrics, train_dirs)
     timings = "\n".join(
         f"| {name} | `{d.name}` | {read_manifest(d)['seconds']:.1f} |" for name, d in stage_dirs.items()
     )
-    rejections = rejection_counts(stage_dirs["judge"], stage_dirs["select"], *train_dirs.values())
-    losses = []
-    for name, d in train_dirs.items():
-        shutil.copyfile(d / "loss.png", report_dir / f"loss_{name}.png")
-        s = stage_summary(d)
-        best = s.get("best_step") or "last"
-        losses.append(
-            f"| {name} | {s['steps']} | {s['final_cross_entropy']:.4f} | {s.get('dev_questions', 0)} | {best} "
-            f"| {s['seconds']:.0f} |"
-        )
+    train_folders = [d for runs in train_dirs.values() for d in runs.values()]
+    rejections = rejection_counts(stage_dirs["judge"], stage_dirs["select"], *train_folders)
+    training = []
+    for name, runs in train_dirs.items():
+        for seed, d in sorted(runs.items()):
+            s = stage_summary(d)
+            training.append(
+                f"| {name} | {seed} | {s['steps']} | {s['final_cross_entropy']:.4f} | {s.get('dev_questions', 0)} "
+                f"| {s.get('best_step') or 'last'} | {s['seconds']:.0f} |"
+            )
+    decoding = stage_summary(next(iter(next(iter(evals.values())).values())))
+    how = "greedy" if decoding.get("samples", 1) == 1 else f"self-consistency over {decoding['samples']} samples"
     select = stage_summary(stage_dirs["select"])
-    text = (
-        f"""# Distillation report
+    packages = ", ".join(f"{k} {v}" for k, v in environment["packages"].items())
+    cpu = environment["cpu"]
+    text = f"""# Distillation report
 
-## Accuracy (greedy decoding; an unanswered question counts as wrong)
+## Accuracy ({how}; an unanswered question counts as wrong)
+
+Mean over training seeds (± standard deviation over seeds) [95% interval: Wilson for a single run,
+bootstrap over seeds and questions for several].
 
 {accuracy_table(metrics)}
+
+![accuracy](accuracy.png)
+
+### Every seed
+
+{per_seed_table(metrics)}
+
+### Methods compared on the same questions and seeds
+
+{comparisons(metrics)}
+
+### Teacher-student gap
+
+![gap](teacher_gap.png)
+
+### Wrong and unanswered
+
+{unanswered_table(metrics)}
 
 ## Data
 
@@ -121,17 +302,24 @@ Jaccard similarity to the others kept: {_fmt(select["mean_max_similarity"])}.
 
 | rejection (stage: reason) | rationales |
 |---|---:|
-"""
-        + "\n".join(f"| {k} | {v} |" for k, v in sorted(rejections.items()))
-        + f"""
+""" + "\n".join(f"| {k} | {v} |" for k, v in sorted(rejections.items()))
+    text += f"""
 
 ## Training
 
-| student | steps | final cross-entropy | dev questions | kept step | seconds |
-|---|---:|---:|---:|---:|---:|
-{chr(10).join(losses)}
+| student | seed | steps | final cross-entropy | dev questions | kept step | seconds |
+|---|---:|---:|---:|---:|---:|---:|
+{chr(10).join(training)}
 
-{chr(10).join(f"![{n}](loss_{n}.png)" for n in train_dirs)}
+![training curves](training_curves.png)
+
+## Reproducibility
+
+Commit {environment["commit"]}; Python {environment["python"]} on {environment["platform"]}.
+CPU: {cpu["model"]}, {cpu["cores"]} cores, features {", ".join(cpu["features"]) or "none of interest"}
+(torch kernels: {environment["torch_cpu_capability"]}, {environment["torch_threads"]} torch threads;
+CUDA: {environment["cuda"] or "none"}). Training seeds: {json.dumps(metrics["seeds"])}.
+Packages: {packages}. The same record is in `environment.json`.
 
 ## Stages (output folder = fingerprint)
 
@@ -142,7 +330,6 @@ Jaccard similarity to the others kept: {_fmt(select["mean_max_similarity"])}.
 ## Selected rationales (examples)
 {sample_rationales(stage_dirs["select"])}
 """
-    )
     path = report_dir / "report.md"
     path.write_text(text)
     return path

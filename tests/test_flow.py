@@ -1,8 +1,10 @@
 """The distill flow end to end: real vLLM, real Prefect, real training, on a tiny configuration.
 
 Uses the committed demo teacher and student base (no download). Checks that every stage runs
-and writes its folder, that a second run executes no stage body (every task run is Cached and no
-folder is rewritten), that a deleted stage folder is recomputed rather than served stale from
+and writes its folder, each (method, seed) its own train and evaluate, that the metrics carry
+per-seed figures, intervals and paired comparisons, that a second run executes no stage body
+(every task run is Cached and no folder is rewritten), that a cold run in a new store gives
+identical figures, that a deleted stage folder is recomputed rather than served stale from
 Prefect's cache, and that changing only student settings re-runs only train and evaluate.
 """
 
@@ -25,7 +27,9 @@ from mcckd.store import read_manifest
 
 pytestmark = pytest.mark.slow
 
-TINY = DemoSettings(train_questions=6, test_questions=3, num_samples=3, k=2, epochs=1, questions_per_batch=4)
+TINY = DemoSettings(
+    train_questions=6, test_questions=3, num_samples=3, k=2, epochs=1, questions_per_batch=4, seeds=[0, 1]
+)
 
 
 def task_states(flow_state) -> dict[str, list[str]]:
@@ -56,7 +60,7 @@ def first_run(prefect_harness, tmp_path_factory):
     """One full run shared by the tests below (each vLLM start costs seconds)."""
     root = tmp_path_factory.mktemp("flow")
     store = root / "store"
-    questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.seed)
+    questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.data_seed)
     config = demo_config(TINY, questions, store, root / "report")
     state = distill(config, return_state=True)
     return root, questions, config, state, stage_folders(store)
@@ -72,18 +76,36 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
         "judge": 1,
         "select": 1,
         "materialize": 1,
-        "train": 2,
-        "evaluate": 4,
+        "train": 4,  # 2 methods x 2 seeds
+        "evaluate": 6,  # teacher, untrained, 2 methods x 2 seeds
     }
     assert all(s == "Completed" for v in states.values() for s in v), states
-    assert set(metrics) == {"teacher", "untrained", "std_cot", "mcc_kd", "counts"}
-    assert set(metrics["teacher"]) == {"id", "ood_steps", "ood_templates"}
-    assert all(0.0 <= acc <= 1.0 for m in ("teacher", "mcc_kd") for acc in metrics[m].values())
-    assert metrics["counts"]["samples"] == TINY.train_questions * TINY.num_samples
+    models = {"teacher", "untrained", "std_cot", "mcc_kd"}
+    assert set(metrics) == models | {"per_seed", "ci95", "paired", "unanswered", "seeds", "counts"}
+    splits = {"id", "ood_steps", "ood_templates"}
+    assert all(set(metrics[m]) == splits == set(metrics["ci95"][m]) for m in models)
+    assert metrics["seeds"] == {"std_cot": [0, 1], "mcc_kd": [0, 1]}
+    for method in ("std_cot", "mcc_kd"):
+        for split, accs in metrics["per_seed"][method].items():
+            assert len(accs) == 2 and metrics[method][split] == pytest.approx(sum(accs) / 2)
+    for m in models:
+        for split, (low, high) in metrics["ci95"][m].items():
+            assert 0.0 <= low <= metrics[m][split] <= high <= 1.0
+    [(key, paired)] = metrics["paired"].items()
+    assert key == "mcc_kd - std_cot" and set(paired) == splits
+    for split, r in paired.items():
+        assert r["difference"] == pytest.approx(metrics["mcc_kd"][split] - metrics["std_cot"][split])
+        assert 0.0 <= r["p_value"] <= 1.0 and r["ci95"][0] <= r["difference"] <= r["ci95"][1]
+    assert metrics["counts"]["samples"] == TINY.train_questions * TINY.num_samples * len(TINY.cot_styles)
     assert json.loads((root / "report" / "metrics.json").read_text()) == metrics
-    assert "| mcc_kd |" in (root / "report" / "report.md").read_text()
-    # questions, sample, judge, select, materialize, 2 x train, 4 x evaluate
-    assert len(folders) == 11
+    text = (root / "report" / "report.md").read_text()
+    assert "| mcc_kd | 2 |" in text and "mcc_kd - std_cot" in text and "torch threads" in text
+    for plot in ("accuracy", "training_curves", "teacher_gap"):
+        assert (root / "report" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+        [image] = artifacts(f"plot-{plot.replace('_', '-')}")
+        assert image.type == "image" and image.data.startswith("data:image/png;base64,")
+    # questions, sample, judge, select, materialize, 4 x train, 6 x evaluate
+    assert len(folders) == 15
     [throughput] = json.loads(artifacts("teacher-throughput")[0].data)
     assert throughput["teacher"] == "demo-teacher" and throughput["generated_tokens_per_s"] > 0
 
@@ -91,6 +113,14 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
     assert all(s == "Cached" for v in task_states(second).values() for s in v), task_states(second)
     assert stage_folders(config.store) == folders  # nothing rewritten
     assert second.result() == metrics
+
+
+def test_a_cold_run_in_a_new_store_gives_identical_figures(first_run, tmp_path):
+    _, _, config, first, _ = first_run
+    cold = config.model_copy(update={"store": tmp_path / "store", "report_dir": tmp_path / "report"})
+    state = distill(cold, return_state=True)
+    assert all(s == "Completed" for v in task_states(state).values() for s in v)
+    assert state.result() == first.result()
 
 
 def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):
@@ -102,7 +132,7 @@ def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):
         f.unlink()
     judged.rmdir()
 
-    changed = TINY.model_copy(update={"learning_rate": TINY.learning_rate / 2})
+    changed = TINY.model_copy(update={"learning_rate": TINY.learning_rate / 2, "seeds": [0]})
     state = distill(demo_config(changed, questions, store, root / "r2"), return_state=True)
     states = task_states(state)
     assert states["sample"] == ["Cached"] and states["select"] == ["Cached"] and states["materialize"] == ["Cached"]
