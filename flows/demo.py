@@ -41,12 +41,9 @@ class DemoSettings(BaseModel):
     train_questions: int = 600
     test_questions: int = 200
     data_seed: int = 0  # draws the questions and the teacher's samples
-    # CoT formats the teacher is asked for (arXiv 2502.18001): ones that restate the running amount
-    # at every step suit this small student (measured: see the README's "The demo world").
-    cot_styles: list[tuple[str, str]] = Field(
-        [("plain", "2"), ("subq", "2")], description="(CoT format, granularity) prompts to the teacher"
-    )
-    num_samples: int = Field(2, description="rationales per question and CoT style")
+    # (CoT format, granularity) prompts to the teacher (arXiv 2502.18001); "any" lets it choose.
+    cot_styles: list[tuple[str, str]] = Field([("any", "any")], description="(CoT format, granularity) prompts")
+    num_samples: int = Field(4, description="rationales per question and CoT style")
     temperature: float = 0.8
     k: int = 3
     epochs: int = 24
