@@ -33,14 +33,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _models(metrics: dict) -> list[str]:
+def model_names(metrics: dict) -> list[str]:
     """Model names in the metrics' own order (every key that is not a bookkeeping section)."""
     return [m for m in metrics if m not in NOT_MODELS]
 
 
-def _splits(metrics: dict) -> list[str]:
-    """Test splits of all models: "id" first, then the out-of-distribution ones sorted."""
-    return sorted({s for m in _models(metrics) for s in metrics[m]}, key=lambda s: (s != "id", s))
+def set_order(name: str) -> tuple[bool, str]:
+    """Sort key of test sets: "id" first, then the out-of-distribution ones by name."""
+    return name != "id", name
+
+
+def test_set_names(metrics: dict) -> list[str]:
+    """Test sets of all models, in :func:`set_order`."""
+    return sorted({s for m in model_names(metrics) for s in metrics[m]}, key=set_order)
 
 
 def _errors(metrics: dict, model: str, splits: list[str], centre: np.ndarray) -> np.ndarray:
@@ -54,7 +59,7 @@ def _errors(metrics: dict, model: str, splits: list[str], centre: np.ndarray) ->
 def plot_accuracy(metrics: dict, path: Path) -> Path:
     """Grouped bars: one group per split, one bar per model, 95% CI error bars and per-seed dots."""
     plt = _pyplot()
-    models, splits = _models(metrics), _splits(metrics)
+    models, splits = model_names(metrics), test_set_names(metrics)
     x = np.arange(len(splits))
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(splits) * len(models) + 2), 4.5))
@@ -118,8 +123,8 @@ def plot_training_curves(logs: dict[str, list[list[dict]]], path: Path) -> Path:
 def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Path:
     """Teacher minus student accuracy per split, with each student's 95% CI shifted onto the gap."""
     plt = _pyplot()
-    students = [m for m in _models(metrics) if m != teacher]
-    splits = _splits(metrics)
+    students = [m for m in model_names(metrics) if m != teacher]
+    splits = test_set_names(metrics)
     x = np.arange(len(splits))
     width = 0.8 / max(len(students), 1)
     top = np.array([metrics.get(teacher, {}).get(s, np.nan) for s in splits], dtype=float)

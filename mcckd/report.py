@@ -80,7 +80,7 @@ def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) ->
     unanswered: dict = {}
     for model, by_seed in runs.items():
         seeds = sorted(by_seed, key=lambda s: -1 if s is None else s)
-        sets = sorted({s for r in by_seed.values() for s in r}, key=lambda s: (s != "id", s))
+        sets = sorted({s for r in by_seed.values() for s in r}, key=plots.set_order)
         metrics[model], ci95[model], unanswered[model] = {}, {}, {}
         for name in sets:
             matrix = _aligned(model, name, [by_seed[seed] for seed in seeds])
@@ -122,14 +122,6 @@ def _aligned(model: str, name: str, seed_runs: list[dict]) -> np.ndarray:
     return np.stack([r[name][1] for r in seed_runs])
 
 
-def models(metrics: dict) -> list[str]:
-    return [m for m in metrics if m not in plots.NOT_MODELS]
-
-
-def test_sets(metrics: dict) -> list[str]:
-    return sorted({s for m in models(metrics) for s in metrics[m]}, key=lambda s: (s != "id", s))
-
-
 def _cell(metrics: dict, model: str, name: str) -> str:
     seeds = metrics["per_seed"].get(model, {}).get(name, [])
     low, high = metrics["ci95"][model][name]
@@ -139,9 +131,9 @@ def _cell(metrics: dict, model: str, name: str) -> str:
 
 def accuracy_table(metrics: dict) -> str:
     """Markdown: one row per model, one column per test set: mean (± sd over seeds) [95% interval]."""
-    sets = test_sets(metrics)
+    sets = plots.test_set_names(metrics)
     lines = ["| model | seeds | " + " | ".join(sets) + " |", "|---|---:|" + "---:|" * len(sets)]
-    for m in models(metrics):
+    for m in plots.model_names(metrics):
         n = len(metrics["seeds"].get(m, [])) or 1
         lines.append(f"| {m} | {n} | " + " | ".join(_cell(metrics, m, s) for s in sets) + " |")
     return "\n".join(lines)
@@ -149,11 +141,14 @@ def accuracy_table(metrics: dict) -> str:
 
 def accuracy_rows(metrics: dict) -> list[dict]:
     """The accuracy table as rows for a Prefect table artifact."""
-    return [{"model": m, **{s: _cell(metrics, m, s) for s in test_sets(metrics)}} for m in models(metrics)]
+    return [
+        {"model": m, **{s: _cell(metrics, m, s) for s in plots.test_set_names(metrics)}}
+        for m in plots.model_names(metrics)
+    ]
 
 
 def per_seed_table(metrics: dict) -> str:
-    sets = test_sets(metrics)
+    sets = plots.test_set_names(metrics)
     lines = ["| method | seed | " + " | ".join(sets) + " |", "|---|---:|" + "---:|" * len(sets)]
     for m, seeds in metrics["seeds"].items():
         for i, seed in enumerate(seeds):
@@ -163,10 +158,10 @@ def per_seed_table(metrics: dict) -> str:
 
 
 def unanswered_table(metrics: dict) -> str:
-    sets = test_sets(metrics)
+    sets = plots.test_set_names(metrics)
     lines = ["| model | " + " | ".join(f"{s} wrong | {s} unanswered" for s in sets) + " |"]
     lines.append("|---|" + "---:|---:|" * len(sets))
-    for m in models(metrics):
+    for m in plots.model_names(metrics):
         cells = []
         for s in sets:
             unanswered = metrics["unanswered"][m][s]

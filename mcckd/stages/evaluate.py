@@ -97,11 +97,12 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
     for name, questions in tqdm(sets.items(), desc=f"evaluate {settings.model_name}", unit="set"):
         prompts = [render(template, q["question"], settings.cot_format) for q in questions]
         outputs = llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        mine = []
         for q, out in zip(questions, outputs, strict=True):
             kind = answer_kind(q["answer"])
             texts = [c.text.strip() for c in out.outputs]
             predicted, votes = vote([extract_answer(t, kind, q["question"]) if kind else None for t in texts])
-            rows.append(
+            mine.append(
                 {
                     "model": settings.model_name,
                     "split": name,
@@ -115,7 +116,7 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
                     "finish_reason": out.outputs[0].finish_reason or "unknown",
                 }
             )
-        mine = [r for r in rows if r["split"] == name]
+        rows += mine
         accuracy[name] = sum(r["correct"] for r in mine) / len(mine) if mine else 0.0
         unanswered[name] = sum(not r["answered"] for r in mine) / len(mine) if mine else 0.0
     write_table(rows, out_dir / "predictions.parquet", PREDICTIONS)
