@@ -18,6 +18,7 @@ from mcckd.demo_world.problems import generate_split
 from mcckd.stages import execute
 from mcckd.stages.evaluate import EvaluateSettings, read_questions, vote
 from tests.demo_questions import questions_file
+from tests.shared_data import SHARED_DATA, needs_shared
 
 
 def test_vote_takes_the_majority_of_answered_samples():
@@ -108,3 +109,19 @@ def test_greedy_and_self_consistency_on_a_real_engine(tmp_path):
     check_rows(rows, expected, 5, "teacher-sc")
     assert summary["samples"] == 5
     assert any(len(set(r["generations"])) > 1 for r in rows)  # sampled, not five greedy copies
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    ("name", "rows", "kind"),
+    [("SVAMP", 150, "number"), ("GSM8K", 660, "number"), ("ASDiv", 313, "number"), ("CSQA", 1221, "choice")],
+)
+def test_the_papers_test_sets_read_as_questions(name, rows, kind):
+    questions = read_questions(SHARED_DATA / "mcckd" / name / "dev.json")
+    assert len(questions) == rows == len({q["question_id"] for q in questions})
+    assert all(q["question"] and answer_kind(q["answer"]) == kind for q in questions)
+
+
+def test_an_empty_test_set_has_no_questions(tmp_path):
+    (tmp_path / "empty.json").write_text("[]")
+    assert read_questions(tmp_path / "empty.json") == []
