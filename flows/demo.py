@@ -42,14 +42,17 @@ class DemoSettings(BaseModel):
     test_questions: int = 200
     data_seed: int = 0  # draws the questions and the teacher's samples
     # (CoT format, granularity) prompts to the teacher (arXiv 2502.18001); "any" lets it choose.
-    cot_styles: list[tuple[str, str]] = Field([("any", "any")], description="(CoT format, granularity) prompts")
-    num_samples: int = Field(4, description="rationales per question and CoT style")
+    # Rationales that restate the running amount suit this student (README: the demo world).
+    cot_styles: list[tuple[str, str]] = Field(
+        [("plain", "2"), ("subq", "2")], description="(CoT format, granularity) prompts"
+    )
+    num_samples: int = Field(2, description="rationales per question and CoT style")
     temperature: float = 0.8
     k: int = 3
-    epochs: int = 24
+    epochs: int = 10
     alpha: float = 0.05
     questions_per_batch: int = 16
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     dev_fraction: float = 0.05  # held-out questions that pick the best epoch's weights
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each student method")
     eval_samples: int = Field(1, ge=1, description="1 = greedy evaluation; n > 1 = self-consistency over n")

@@ -116,11 +116,19 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
 
 
 def test_a_cold_run_in_a_new_store_gives_identical_figures(first_run, tmp_path):
-    _, _, config, first, _ = first_run
-    cold = config.model_copy(update={"store": tmp_path / "store", "report_dir": tmp_path / "report"})
-    state = distill(cold, return_state=True)
+    """Seed 0 alone, from nothing: sampling, judging, training and scoring repeat bit for bit."""
+    _, questions, _, first, _ = first_run
+    one_seed = TINY.model_copy(update={"seeds": [0]})
+    state = distill(demo_config(one_seed, questions, tmp_path / "store", tmp_path / "report"), return_state=True)
     assert all(s == "Completed" for v in task_states(state).values() for s in v)
-    assert state.result() == first.result()
+    cold, warm = state.result(), first.result()
+    assert cold["counts"] == warm["counts"]
+    for model in ("teacher", "untrained"):
+        assert cold[model] == warm[model] and cold["ci95"][model] == warm["ci95"][model]
+    for method in ("std_cot", "mcc_kd"):
+        assert {s: a[0] for s, a in cold["per_seed"][method].items()} == {
+            s: a[0] for s, a in warm["per_seed"][method].items()
+        }
 
 
 def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):

@@ -2,12 +2,13 @@
 
     python -m mcckd.demo_world.build tokenizer
     python -m mcckd.demo_world.build teacher --steps 1800
-    python -m mcckd.demo_world.build student-base --steps 600
+    python -m mcckd.demo_world.build student-base --steps 1500 --precision fp32
 
 The teacher is a small LLaMA trained from scratch on worked rationales of every split, in every
 CoT format and granularity, so it solves what it was trained on and writes in several styles. The
 student base is a smaller LLaMA pretrained on the world's text without worked reasoning: the
-questions, and lines of sums and differences (the arithmetic a real pretrained model would know).
+questions, arithmetic facts and running sums (it adds and subtracts reliably, as a real pretrained
+student does), and what each event sentence means (more or fewer items), ood templates included.
 Distillation then has to teach it to reason. Both are trained with the pipeline's own trainer and
 committed under ``assets/demo`` (a few MB each), so the demo downloads nothing.
 """
@@ -22,7 +23,17 @@ from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from mcckd.demo_world.problems import FORMATS, GRANULARITIES, SPLITS, generate_split, write_rationale
+from mcckd.demo_world.problems import (
+    EVENTS,
+    FORMATS,
+    GRANULARITIES,
+    ITEMS,
+    MAX_AMOUNT,
+    NAMES,
+    SPLITS,
+    generate_split,
+    write_rationale,
+)
 from mcckd.demo_world.tokenizer import train_tokenizer
 from mcckd.paths import ASSETS_DIR
 from mcckd.prompts import load_prompt, render
@@ -57,18 +68,65 @@ def teacher_examples(n: int, seed: int) -> list[Example]:
     return examples
 
 
+def _arithmetic_fact(rng: random.Random) -> tuple[int, str, int, int]:
+    """One fact of the kind the problems' steps need: a value 0..99 plus or minus 0..MAX_AMOUNT."""
+    a = rng.randint(0, 99)
+    if rng.random() < 0.5:
+        b = rng.randint(0, min(MAX_AMOUNT, 99 - a))
+        return a, "+", b, a + b
+    b = rng.randint(0, min(MAX_AMOUNT, a))
+    return a, "-", b, a - b
+
+
+def _event_reading(rng: random.Random, templates: list[tuple[str, str]]) -> str:
+    """What one event sentence means, with its number: "Ana donates 18 pens to a school. So Ana has
+    18 fewer pens." Reading comprehension a real student has, ood templates included."""
+    kind, template = rng.choice(templates)
+    name, item, n = rng.choice(NAMES), rng.choice(ITEMS), rng.randint(1, MAX_AMOUNT)
+    return (
+        f"{template.format(name=name, n=n, item=item)} So {name} has {n} {'more' if kind == 'add' else 'fewer'} {item}."
+    )
+
+
 def student_base_texts(n: int, seed: int) -> list[str]:
-    """Pretraining text without worked reasoning: questions, and lines of arithmetic facts."""
+    """Pretraining text without worked reasoning about the problems: what a small real LM would know.
+
+    The questions of every split (read, never solved); arithmetic facts in the range the problems
+    use (either order of an addition) and chains of running sums; what each event sentence means,
+    with its number (ood templates included, as a real student knows English verbs it was never
+    distilled on); and questions followed by the change each event makes ("+18, -3, +24"), without
+    the running amounts or the answer: reading the problem, not solving it.
+    """
     rng = random.Random(seed)
+    templates = [t for kind in EVENTS.values() for t in kind]
     texts = []
     for split in SPLITS:
-        texts += [p.question for p in generate_split(split, n // (2 * len(SPLITS)), seed)]
-    for _ in range(n - len(texts)):
-        facts = []
-        for _ in range(rng.randint(3, 6)):
-            a, b = rng.randint(0, 99), rng.randint(0, 60)
-            facts.append(f"{a} + {b} = {a + b}." if rng.random() < 0.5 or b > a else f"{a} - {b} = {a - b}.")
-        texts.append(" ".join(facts))
+        problems = generate_split(split, n // (4 * len(SPLITS)), seed)
+        for p in problems[: len(problems) // 2]:
+            texts.append(p.question)
+        for p in problems[len(problems) // 2 :]:
+            changes = ", ".join(f"{'+' if e.kind == 'add' else '-'}{e.amount}" for e in p.events)
+            texts.append(f"{p.question} The changes: {changes}.")
+    while len(texts) < n:
+        kind = rng.random()
+        if kind < 0.35:
+            facts = []
+            for _ in range(rng.randint(4, 8)):
+                a, op, b, c = _arithmetic_fact(rng)
+                facts.append(f"{b} + {a} = {c}." if op == "+" and rng.random() < 0.3 else f"{a} {op} {b} = {c}.")
+            texts.append(" ".join(facts))
+        elif kind < 0.65:
+            value, links = rng.randint(5, 60), []
+            for _ in range(rng.randint(2, 6)):
+                op = "-" if value > 90 or (value > 1 and rng.random() < 0.5) else "+"
+                b = rng.randint(1, min(MAX_AMOUNT, 99 - value if op == "+" else value - 1))
+                after = value + b if op == "+" else value - b
+                links.append(f"{value} {op} {b} = {after}")
+                value = after
+            texts.append(", ".join(links) + ".")
+        else:
+            texts.append(" ".join(_event_reading(rng, templates) for _ in range(rng.randint(2, 4))))
+    rng.shuffle(texts)
     return texts
 
 

@@ -68,6 +68,11 @@ SPLITS: dict[str, SplitSpec] = {
     "ood_templates": SplitSpec(steps=(2, 3), templates="ood"),
 }
 
+# Events change the amount by 1..MAX_AMOUNT: the demo measures the transfer of multi-step
+# reasoning (which events add, which subtract, carrying the running amount), and a 0.7 M-parameter
+# student adds a one-digit amount reliably where two-digit sums were arithmetic luck.
+MAX_AMOUNT = 9
+
 FORMATS = ("plain", "subq", "rar", "symbolic")
 GRANULARITIES = (1, 2, 3)
 
@@ -111,7 +116,7 @@ class Problem:
 
 
 def draw_problem(rng: random.Random, spec: SplitSpec) -> Problem:
-    """Draw one problem; amounts keep every intermediate value between 0 and 99."""
+    """Draw one problem; every intermediate value stays between 0 and 99."""
     n_steps = rng.choice(spec.steps)
     value = rng.randint(5, 60)
     start, events = value, []
@@ -121,7 +126,7 @@ def draw_problem(rng: random.Random, spec: SplitSpec) -> Problem:
             kind, template = rng.choice([t for t in EVENTS[spec.templates] if t[0] == "add"])
         if kind == "add" and value > 90:
             kind, template = rng.choice([t for t in EVENTS[spec.templates] if t[0] == "sub"])
-        amount = rng.randint(1, min(40, 99 - value)) if kind == "add" else rng.randint(1, value - 1)
+        amount = rng.randint(1, min(MAX_AMOUNT, 99 - value if kind == "add" else value - 1))
         value = value + amount if kind == "add" else value - amount
         events.append(Event(kind, amount, template))
     return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(events))

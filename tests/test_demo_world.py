@@ -1,0 +1,68 @@
+"""The demo world's invariants: what its problems, rationales and student-base text promise.
+
+The demo's figures only mean something if the problems stay in the stated number range, every
+rationale the generator writes is correct as the judge reads it, and the student base is
+pretrained on reading, never on solved problems.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pandas as pd
+import pytest
+
+from mcckd.answers import answers_match, extract_answer
+from mcckd.demo_world.build import student_base_texts
+from mcckd.demo_world.problems import (
+    FORMATS,
+    GRANULARITIES,
+    MAX_AMOUNT,
+    SPLITS,
+    generate_split,
+    write_question_sets,
+    write_rationale,
+)
+
+
+@pytest.mark.parametrize("split", sorted(SPLITS))
+def test_problems_stay_in_range_and_are_reproducible(split):
+    problems = generate_split(split, 300, seed=5)
+    assert problems == generate_split(split, 300, seed=5)
+    assert len({p.question for p in problems}) == 300
+    for p in problems:
+        assert len(p.events) in SPLITS[split].steps
+        assert all(1 <= e.amount <= MAX_AMOUNT for e in p.events)
+        assert all(0 <= before <= 99 and 0 <= after <= 99 for before, _, _, after in p.steps)
+
+
+def test_every_rationale_style_is_correct_as_the_judge_reads_it():
+    rng = random.Random(0)
+    for split in SPLITS:
+        for p in generate_split(split, 40, seed=9):
+            for fmt in FORMATS:
+                for level in GRANULARITIES:
+                    text = write_rationale(p, fmt, level, rng)
+                    assert text.endswith(f"The answer is {p.answer}.")
+                    assert answers_match(extract_answer(text, question=p.question), str(p.answer)), text
+
+
+def test_train_and_test_questions_are_disjoint(tmp_path):
+    paths = write_question_sets(tmp_path, n_train=200, n_test=50, seed=0)
+    train = set(pd.read_parquet(paths["train"]).question)
+    assert len(train) == 200
+    for split in SPLITS:
+        test = set(pd.read_parquet(paths[split]).question)
+        assert len(test) == 50 and not train & test
+
+
+def test_student_base_text_reads_problems_but_never_solves_them():
+    texts = student_base_texts(3000, seed=1)
+    assert len(texts) == 3000
+    questions = [t for t in texts if "How many" in t]
+    assert len(questions) > 500
+    for t in questions:
+        after = t.split("?", 1)[1]
+        assert "=" not in after and "answer" not in after, t  # no running amount, no result
+    assert not any(re.search(r"The answer is", t) for t in texts)
