@@ -56,6 +56,7 @@ class DemoSettings(BaseModel):
     dev_fraction: float = 0.05  # held-out questions that pick the best epoch's weights
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each student method")
     eval_samples: int = Field(1, ge=1, description="1 = greedy evaluation; n > 1 = self-consistency over n")
+    parallel_trains: int = Field(2, ge=1, description="student trainings at once (each gets cores / this)")
 
 
 @task(name="demo-questions")
@@ -96,6 +97,7 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
             for name, alpha in (("std_cot", 0.0), ("mcc_kd", settings.alpha))
         },
         student_eval=StudentEval(samples=settings.eval_samples, vllm=SMALL_ENGINE),
+        parallel_trains=settings.parallel_trains,
     )
 
 

@@ -10,11 +10,13 @@ tasks, so a cached stage still shows them.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 from prefect import flow
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
+from prefect.futures import wait
 from pydantic import BaseModel, Field
 
 from mcckd import report
@@ -70,6 +72,12 @@ class DistillConfig(BaseModel):
     )
     teacher_eval_template: str = "demo_teacher"
     student_eval: StudentEval = StudentEval()
+    parallel_trains: int = Field(
+        1,
+        ge=1,
+        description="train stages run at once; on a CPU each gets cores / parallel_trains threads "
+        "(two 1-thread runs beat two 2-thread runs in turn on 2 cores)",
+    )
 
 
 class Ref(NamedTuple):
@@ -93,20 +101,28 @@ def file_ref(path: Path) -> Ref:
     return Ref(path, path_fingerprint(path))
 
 
-def run_stage(store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]) -> Ref:
-    """Run (or reuse) one stage. ``identity`` adds content fingerprints that settings only name by path."""
+def stage_call(store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]):
+    """The task call of one stage and the Ref of its output. ``identity`` adds content fingerprints
+    that settings only name by path."""
     fp = stage_fingerprint(stage, settings, {k: r.fingerprint for k, r in inputs.items()} | identity)
     out = stage_dir(store, stage, fp)
     # A cache record whose folder was deleted must not hit: refresh it instead.
     call = TASKS[stage].with_options(refresh_cache=not is_complete(out))
-    call(
+    kwargs = dict(
         stage=stage,
         settings=settings,
         inputs={k: str(r.input_path) for k, r in inputs.items()},
         out_dir=str(out),
         fingerprint=fp,
     )
-    return Ref(out, fp, STAGE_OUTPUT[stage])
+    return call, kwargs, Ref(out, fp, STAGE_OUTPUT[stage])
+
+
+def run_stage(store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]) -> Ref:
+    """Run (or reuse) one stage and wait for it."""
+    call, kwargs, ref = stage_call(store, stage, settings, inputs, identity)
+    call(**kwargs)
+    return ref
 
 
 def _publish(key: str, stage: str, out: Path) -> None:
@@ -160,13 +176,26 @@ def distill(config: DistillConfig) -> dict:
     )
 
     trained: dict[str, dict[int, Ref]] = {}
+    calls = []
     for name, method in config.students.items():
         base_fp = path_fingerprint(method.train.base_model)
         trained[name] = {}
         for seed in method.seeds:
             settings = method.train.model_copy(update={"loop": method.train.loop.model_copy(update={"seed": seed})})
-            ref = run_stage(store, "train", settings, {"trainset": trainset}, {"base_model": base_fp})
-            trained[name][seed] = ref
+            call, kwargs, trained[name][seed] = stage_call(
+                store, "train", settings, {"trainset": trainset}, {"base_model": base_fp}
+            )
+            calls.append((call, kwargs))
+    threads = max(1, (os.cpu_count() or 1) // config.parallel_trains)
+    for start in range(0, len(calls), config.parallel_trains):
+        futures = [
+            call.submit(**kwargs, threads=threads) for call, kwargs in calls[start : start + config.parallel_trains]
+        ]
+        wait(futures)
+        for future in futures:
+            future.result()  # raises the stage's failure
+    for name, runs in trained.items():
+        for seed, ref in runs.items():
             _publish(f"train-{name.replace('_', '-')}-seed{seed}", "train", ref.path)
 
     base_model = next(iter(config.students.values())).train.base_model

@@ -38,6 +38,12 @@ def model_names(metrics: dict) -> list[str]:
     return [m for m in metrics if m not in NOT_MODELS]
 
 
+def model_colours(names: list[str]) -> dict[str, str]:
+    """One colour per model, the same in every figure of a report (by its place in ``names``)."""
+    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
 def set_order(name: str) -> tuple[bool, str]:
     """Sort key of test sets: "id" first, then the out-of-distribution ones by name."""
     return name != "id", name
@@ -64,10 +70,12 @@ def plot_accuracy(metrics: dict, path: Path) -> Path:
     width = 0.8 / max(len(models), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(splits) * len(models) + 2), 4.5))
     per_seed = metrics.get("per_seed", {})
+    colours = model_colours(models)
     for i, model in enumerate(models):
         acc = np.array([metrics[model].get(s, np.nan) for s in splits], dtype=float)
         pos = x - 0.4 + width * (i + 0.5)
-        ax.bar(pos, acc, width, yerr=_errors(metrics, model, splits, acc), capsize=3, label=model)
+        yerr = _errors(metrics, model, splits, acc)
+        ax.bar(pos, acc, width, yerr=yerr, capsize=3, label=model, color=colours[model])
         for j, split in enumerate(splits):
             seeds = per_seed.get(model, {}).get(split, [])
             ax.scatter(np.full(len(seeds), pos[j]), seeds, s=12, color="black", zorder=3)
@@ -80,14 +88,17 @@ def plot_accuracy(metrics: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_training_curves(logs: dict[str, list[list[dict]]], path: Path) -> Path:
-    """Cross-entropy and consistency loss per step: a thin line per seed, a thick line for the mean over seeds."""
+def plot_training_curves(logs: dict[str, list[list[dict]]], path: Path, colours: dict[str, str] | None = None) -> Path:
+    """Cross-entropy and consistency loss per step: a thin line per seed, a thick line for the mean over seeds.
+
+    ``colours`` (from :func:`model_colours`) keeps each method's colour from the accuracy figure.
+    """
     plt = _pyplot()
     fig, (ce_ax, cons_ax) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = colours or model_colours(list(logs))
     any_consistency = False
-    for i, (method, seeds) in enumerate(logs.items()):
-        colour = colours[i % len(colours)]
+    for method, seeds in logs.items():
+        colour = colours[method]
         runs = [r for r in seeds if r]
         if not runs:
             continue
@@ -129,11 +140,20 @@ def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Pat
     width = 0.8 / max(len(students), 1)
     top = np.array([metrics.get(teacher, {}).get(s, np.nan) for s in splits], dtype=float)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(splits) * len(students) + 2), 4.5))
+    colours = model_colours(model_names(metrics))
     for i, student in enumerate(students):
         acc = np.array([metrics[student].get(s, np.nan) for s in splits], dtype=float)
         # teacher - [low, high] = [teacher - high, teacher - low]: the error lengths swap sides.
         below, above = _errors(metrics, student, splits, acc)
-        ax.bar(x - 0.4 + width * (i + 0.5), top - acc, width, yerr=[above, below], capsize=3, label=student)
+        ax.bar(
+            x - 0.4 + width * (i + 0.5),
+            top - acc,
+            width,
+            yerr=[above, below],
+            capsize=3,
+            label=student,
+            color=colours[student],
+        )
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, splits)
     ax.set_xlabel("test split")

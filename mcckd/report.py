@@ -225,7 +225,8 @@ def write_plots(report_dir: Path, metrics: dict, train_dirs: dict[str, dict[int,
         for name, runs in train_dirs.items()
     }
     plots.plot_accuracy(metrics, report_dir / "accuracy.png")
-    plots.plot_training_curves(logs, report_dir / "training_curves.png")
+    colours = plots.model_colours(plots.model_names(metrics))
+    plots.plot_training_curves(logs, report_dir / "training_curves.png", colours)
     plots.plot_teacher_gap(metrics, report_dir / "teacher_gap.png")
 
 

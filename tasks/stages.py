@@ -43,13 +43,17 @@ def stage_command(stage: str, settings: BaseModel, inputs: dict[str, str], out_d
     return cmd + [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
 
 
-def _run_stage(stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str) -> str:
+def _run_stage(
+    stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str, threads: int | None = None
+) -> str:
+    """Run one stage; ``threads`` caps the child's CPU threads when stages share the machine."""
     if not STAGES[stage].uses_accelerator:
         execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
         return out_dir
     # Its own process group: vLLM's engine processes are the child's children, and a child that dies
     # (killed, crashed) would leave them holding their memory. The group goes when the stage ends.
-    child = subprocess.Popen(stage_command(stage, settings, inputs, out_dir), start_new_session=True)
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    child = subprocess.Popen(stage_command(stage, settings, inputs, out_dir), start_new_session=True, env=env)
     progress = work_dir_for(Path(out_dir)) / "progress.json"
     artifact = None
     try:
