@@ -105,7 +105,7 @@ def student_base_texts(n: int, seed: int) -> list[str]:
         for p in problems[: len(problems) // 2]:
             texts.append(p.question)
         for p in problems[len(problems) // 2 :]:
-            changes = ", ".join(f"{'+' if e.kind == 'add' else '-'}{e.amount}" for e in p.events)
+            changes = ", ".join(f"{op}{amount}" for _, op, amount, _ in p.steps)
             texts.append(f"{p.question} The changes: {changes}.")
     while len(texts) < n:
         kind = rng.random()
