@@ -67,11 +67,10 @@ def bare(q: Path, samples: int, shard_size: int) -> dict:
 
     seeds = [request_seed(s.seed, r["question_id"]) for r in rows]
     params = [SamplingParams(n=samples, seed=seed, **s.sampling.model_dump()) for seed in seeds]
-    llm = open_llm(Path(teacher.model), teacher.vllm)
-    ready = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
-    generated = time.perf_counter()
-    llm.llm_engine.engine_core.shutdown()
+    with open_llm(Path(teacher.model), teacher.vllm) as llm:
+        ready = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        generated = time.perf_counter()
     ended = time.perf_counter()
     tokens = sum(len(c.token_ids) for o in outputs for c in o.outputs)
     return {

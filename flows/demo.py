@@ -30,9 +30,9 @@ from mcckd.teachers import Sampling, TeacherSpec
 from mcckd.training.loop import TrainConfig
 
 QUESTIONS_VERSION = 1
-# The demo's models are a few MB: a small KV-cache reservation starts vLLM in half the time (on the
-# CPU backend the engine allocates memory_fraction of RAM up front).
-SMALL_ENGINE = VllmSettings(memory_fraction=0.1)
+# The demo's models are a few MB: half a GiB of KV cache holds every sequence the stages decode at
+# once, and allocating it takes no time (the default fraction of RAM would zero GiBs at start-up).
+SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
 
 
 class DemoSettings(BaseModel):

@@ -108,19 +108,18 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    llm = open_llm(Path(spec.model), spec.vllm)
-    engine = llm.llm_engine
-    tokenizer = llm.get_tokenizer() if spec.chat else None
-    requests_of = dict(shards)
-    results: dict[int, list[list[Completion] | None]] = {}
-    final_only = RequestOutputKind.FINAL_ONLY  # one output per request, when all its n samples are done
-    for shard_index, requests in shards:
-        results[shard_index] = [None] * len(requests)
-        for pos, r in enumerate(requests):
-            params = SamplingParams(n=r.n, seed=r.seed, output_kind=final_only, **sampling.model_dump())
-            engine.add_request(f"{shard_index}:{pos}", chat_prompt(tokenizer, r.prompt), params)
-    left = {i: len(reqs) for i, reqs in shards}
-    try:
+    with open_llm(Path(spec.model), spec.vllm) as llm:  # shut down on exit: the next teacher gets the memory
+        engine = llm.llm_engine
+        tokenizer = llm.get_tokenizer() if spec.chat else None
+        requests_of = dict(shards)
+        results: dict[int, list[list[Completion] | None]] = {}
+        final_only = RequestOutputKind.FINAL_ONLY  # one output per request, when all its n samples are done
+        for shard_index, requests in shards:
+            results[shard_index] = [None] * len(requests)
+            for pos, r in enumerate(requests):
+                params = SamplingParams(n=r.n, seed=r.seed, output_kind=final_only, **sampling.model_dump())
+                engine.add_request(f"{shard_index}:{pos}", chat_prompt(tokenizer, r.prompt), params)
+        left = {i: len(reqs) for i, reqs in shards}
         with tqdm(total=sum(left.values()), desc=f"sample {spec.name}", unit="prompt") as bar:
             while engine.has_unfinished_requests():
                 for out in engine.step():
@@ -138,8 +137,6 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
                     left[shard_index] -= 1
                     if left[shard_index] == 0:
                         done(shard_index, results.pop(shard_index))
-    finally:
-        engine.engine_core.shutdown()  # the next teacher (or a test) gets the memory back now
 
 
 def chat_prompt(tokenizer, prompt: str) -> str:

@@ -15,8 +15,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from flows.demo import SMALL_ENGINE
 from mcckd.demo_world.build import STUDENT_BASE_DIR, TEACHER_DIR
-from mcckd.generation import VllmSettings
 from mcckd.stages import execute, work_dir_for
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.teachers import TeacherSpec, chat_prompt
@@ -25,8 +25,8 @@ from tests.demo_questions import questions_file
 
 def test_several_teachers_and_prompts_in_one_run(tmp_path):
     teachers = [
-        TeacherSpec(name="teacher", model=str(TEACHER_DIR)),
-        TeacherSpec(name="student-base", model=str(STUDENT_BASE_DIR)),
+        TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE),
+        TeacherSpec(name="student-base", model=str(STUDENT_BASE_DIR), vllm=SMALL_ENGINE),
     ]
     prompts = [PromptSpec(cot_format="plain", granularity="1"), PromptSpec(cot_format="symbolic", granularity="3")]
     settings = SampleSettings(teachers=teachers, prompts=prompts, num_samples=2, shard_size=4)
@@ -47,7 +47,9 @@ def test_several_teachers_and_prompts_in_one_run(tmp_path):
 def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     q = questions_file(tmp_path / "q.parquet", 120)
     out = tmp_path / "out"
-    teacher = TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=VllmSettings(max_num_seqs=8))
+    teacher = TeacherSpec(
+        name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE.model_copy(update={"max_num_seqs": 8})
+    )
     settings = SampleSettings(teachers=[teacher], num_samples=2, shard_size=4, seed=3)
     cmd = [sys.executable, "-m", "mcckd", "sample", "--out", str(out), "--settings", settings.model_dump_json()]
     cmd += ["--in", f"questions={q}"]

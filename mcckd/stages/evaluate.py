@@ -86,39 +86,39 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
         raise InputError("evaluate needs at least one test set, e.g. --in id=questions.parquet")
     sets = {name: read_questions(Path(path)) for name, path in sorted(test_sets.items())}
     template = load_prompt(settings.template)
-    llm = open_llm(settings.model, settings.vllm, seed=settings.seed)
-    if settings.samples == 1:
-        params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens)
-    else:
-        params = SamplingParams(
-            n=settings.samples, temperature=settings.temperature, max_tokens=settings.max_tokens, seed=settings.seed
-        )
-    rows, accuracy, unanswered = [], {}, {}
-    for name, questions in tqdm(sets.items(), desc=f"evaluate {settings.model_name}", unit="set"):
-        prompts = [render(template, q["question"], settings.cot_format) for q in questions]
-        outputs = llm.generate(prompts, params, use_tqdm=False) if prompts else []
-        mine = []
-        for q, out in zip(questions, outputs, strict=True):
-            kind = answer_kind(q["answer"])
-            texts = [c.text.strip() for c in out.outputs]
-            predicted, votes = vote([extract_answer(t, kind, q["question"]) if kind else None for t in texts])
-            mine.append(
-                {
-                    "model": settings.model_name,
-                    "split": name,
-                    **q,
-                    "generation": texts[0],
-                    "generations": texts,
-                    "predicted_answer": predicted,
-                    "votes": votes,
-                    "answered": predicted is not None,
-                    "correct": answers_match(predicted, q["answer"], kind),
-                    "finish_reason": out.outputs[0].finish_reason or "unknown",
-                }
+    with open_llm(settings.model, settings.vllm, seed=settings.seed) as llm:
+        if settings.samples == 1:
+            params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens)
+        else:
+            params = SamplingParams(
+                n=settings.samples, temperature=settings.temperature, max_tokens=settings.max_tokens, seed=settings.seed
             )
-        rows += mine
-        accuracy[name] = sum(r["correct"] for r in mine) / len(mine) if mine else 0.0
-        unanswered[name] = sum(not r["answered"] for r in mine) / len(mine) if mine else 0.0
+        rows, accuracy, unanswered = [], {}, {}
+        for name, questions in tqdm(sets.items(), desc=f"evaluate {settings.model_name}", unit="set"):
+            prompts = [render(template, q["question"], settings.cot_format) for q in questions]
+            outputs = llm.generate(prompts, params, use_tqdm=False) if prompts else []
+            mine = []
+            for q, out in zip(questions, outputs, strict=True):
+                kind = answer_kind(q["answer"])
+                texts = [c.text.strip() for c in out.outputs]
+                predicted, votes = vote([extract_answer(t, kind, q["question"]) if kind else None for t in texts])
+                mine.append(
+                    {
+                        "model": settings.model_name,
+                        "split": name,
+                        **q,
+                        "generation": texts[0],
+                        "generations": texts,
+                        "predicted_answer": predicted,
+                        "votes": votes,
+                        "answered": predicted is not None,
+                        "correct": answers_match(predicted, q["answer"], kind),
+                        "finish_reason": out.outputs[0].finish_reason or "unknown",
+                    }
+                )
+            rows += mine
+            accuracy[name] = sum(r["correct"] for r in mine) / len(mine) if mine else 0.0
+            unanswered[name] = sum(not r["answered"] for r in mine) / len(mine) if mine else 0.0
     write_table(rows, out_dir / "predictions.parquet", PREDICTIONS)
     (out_dir / "accuracy.json").write_text(json.dumps(accuracy, indent=2))
     return {
