@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
 
-.PHONY: setup demo test lint format
+.PHONY: setup demo ui test lint format
 setup: $(STAMP)
 
 $(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
@@ -20,6 +20,10 @@ endif
 
 demo: setup
 	$(PY) -m flows.demo
+
+# The Prefect UI on the project's database (the demo's runs show there); runs started from it execute here.
+ui: setup
+	$(PY) -m flows.ui
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -17,7 +17,9 @@ from typing import NamedTuple
 from prefect import flow
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
+from prefect.states import State
 from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
 
 from mcckd import report
 from mcckd.generation import VllmSettings
@@ -118,11 +120,20 @@ def stage_call(store: Path, stage: str, settings: BaseModel, inputs: dict[str, R
     return call, kwargs, Ref(out, fp, STAGE_OUTPUT[stage])
 
 
-def run_stage(store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]) -> Ref:
-    """Run (or reuse) one stage and wait for it."""
+def run_stage(
+    store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str], label: str = ""
+) -> Ref:
+    """Run (or reuse) one stage, wait for it and say on the console what it produced."""
     call, kwargs, ref = stage_call(store, stage, settings, inputs, identity)
-    call(**kwargs)
+    state = call(**kwargs, return_state=True)
+    state.result()  # raises the stage's failure
+    say(label or stage, ref.path, state)
     return ref
+
+
+def say(label: str, out: Path, state: State) -> None:
+    """One line per stage on the console, beside the progress bars (log_prints would send it to the log)."""
+    tqdm.write(report.stage_line(label, out, cached=state.name == "Cached"))
 
 
 def _publish(key: str, stage: str, out: Path) -> None:
@@ -176,7 +187,7 @@ def distill(config: DistillConfig) -> dict:
     )
 
     trained: dict[str, dict[int, Ref]] = {}
-    calls = []
+    calls = {}
     for name, method in config.students.items():
         base_fp = path_fingerprint(method.train.base_model)
         trained[name] = {}
@@ -185,17 +196,26 @@ def distill(config: DistillConfig) -> dict:
             call, kwargs, trained[name][seed] = stage_call(
                 store, "train", settings, {"trainset": trainset}, {"base_model": base_fp}
             )
-            calls.append((call, kwargs))
+            calls[name, seed] = (call, kwargs)
+    # Stored trainings come back at once; the rest train parallel_trains at a time, each on its share
+    # of the cores (a cached run in a batch would leave its share idle).
+    stored = [key for key, (_, kwargs) in calls.items() if is_complete(Path(kwargs["out_dir"]))]
+    to_train = [key for key in calls if key not in stored]
+    batches = [
+        stored,
+        *(to_train[i : i + config.parallel_trains] for i in range(0, len(to_train), config.parallel_trains)),
+    ]
     threads = max(1, (os.cpu_count() or 1) // config.parallel_trains)
-    for start in range(0, len(calls), config.parallel_trains):
-        futures = [
-            call.submit(**kwargs, threads=threads) for call, kwargs in calls[start : start + config.parallel_trains]
-        ]
-        wait(futures)
-        for future in futures:
+    train_states: dict[tuple[str, int], State] = {}
+    for batch in batches:
+        futures = {key: calls[key][0].submit(**calls[key][1], threads=threads) for key in batch}
+        wait(list(futures.values()))
+        for key, future in futures.items():
             future.result()  # raises the stage's failure
+            train_states[key] = future.state
     for name, runs in trained.items():
         for seed, ref in runs.items():
+            say(f"train {name} seed {seed}", ref.path, train_states[name, seed])
             _publish(f"train-{name.replace('_', '-')}-seed{seed}", "train", ref.path)
 
     base_model = next(iter(config.students.values())).train.base_model
@@ -216,7 +236,9 @@ def distill(config: DistillConfig) -> dict:
         for seed, (model_dir, model_fp, template) in runs.items():
             run_name = name if seed is None else f"{name}-seed{seed}"
             settings = EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
-            evals[name][seed] = run_stage(store, "evaluate", settings, tests, {"model": model_fp}).path
+            evals[name][seed] = run_stage(
+                store, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
+            ).path
 
     n_questions = report.stage_summary(samples.path)["questions"]
     counts = report.data_counts(n_questions, samples.path, judged.path, selected.path)

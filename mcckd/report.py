@@ -33,6 +33,24 @@ def stage_summary(out_dir: Path) -> dict:
     return read_manifest(out_dir)["summary"]
 
 
+def stage_line(label: str, out_dir: Path, cached: bool) -> str:
+    """One console line for a finished stage: what it produced, its time, whether it was reused."""
+    manifest = read_manifest(out_dir)
+    s = manifest["summary"]
+    if "accuracy" in s:
+        what = ", ".join(f"{split} {acc:.3f}" for split, acc in s["accuracy"].items())
+    elif "steps" in s:
+        what = f"{s['steps']} steps, final cross-entropy {s['final_cross_entropy']:.3f}"
+    elif "generated_tokens" in s:
+        what = f"{s['samples']} samples, {s['generated_tokens']} tokens"
+    elif "rows_in" in s:
+        what = f"{s['rows_in']} rows in, {s['rows_out']} out, {s['rejected']} rejected"
+    else:
+        what = ", ".join(f"{k} {v}" for k, v in s.items() if isinstance(v, int | float))
+    when = "cached" if cached else f"{manifest['seconds']:.0f} s"
+    return f"{label}: {what} ({when}; {out_dir})"
+
+
 def verdict_counts(judge_dir: Path) -> dict[str, int]:
     return dict(Counter(pq.read_table(judge_dir / "judged.parquet", columns=["verdict"]).column(0).to_pylist()))
 

@@ -21,6 +21,7 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
+from tqdm.auto import tqdm
 
 from mcckd.stages import STAGES, execute, work_dir_for
 from mcckd.store import is_complete
@@ -52,32 +53,56 @@ def _run_stage(
         return out_dir
     # Its own process group: vLLM's engine processes are the child's children, and a child that dies
     # (killed, crashed) would leave them holding their memory. The group goes when the stage ends.
+    # Its output (library warnings, its own bars) goes to the stage's log file; the console gets a
+    # progress bar from the child's progress.json and, from the flow, one line per stage.
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-    child = subprocess.Popen(stage_command(stage, settings, inputs, out_dir), start_new_session=True, env=env)
+    log_path = stage_log(Path(out_dir))
     progress = work_dir_for(Path(out_dir)) / "progress.json"
-    artifact = None
-    try:
-        while True:
-            try:
-                code = child.wait(timeout=2)
-                break
-            except subprocess.TimeoutExpired:
-                if STAGES[stage].resumable and progress.is_file():
-                    artifact = report_progress(stage, progress, artifact)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
+    artifact, bar = None, None
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            stage_command(stage, settings, inputs, out_dir), start_new_session=True, env=env, stdout=log, stderr=log
+        )
+        try:
+            while True:
+                try:
+                    code = child.wait(timeout=2)
+                    break
+                except subprocess.TimeoutExpired:
+                    record = read_progress(progress)
+                    if record:
+                        artifact = report_progress(stage, record, artifact)
+                        bar = bar or tqdm(total=record["total"], desc=stage, unit=record.get("unit", "it"))
+                        bar.update(record["done"] - bar.n)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            if bar is not None:
+                bar.close()
     if code != 0 or not is_complete(Path(out_dir)):
-        raise StageFailed(f"stage {stage} (fingerprint {fingerprint}) exited with {code} without completing {out_dir}")
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+        raise StageFailed(
+            f"stage {stage} (fingerprint {fingerprint}) exited with {code} without completing {out_dir}: "
+            f"{tail[0] if tail else 'no output'} (log: {log_path})"
+        )
     return out_dir
 
 
-def report_progress(stage: str, progress: Path, artifact: UUID | None) -> UUID | None:
-    """Mirror the child's ``progress.json`` into a Prefect progress artifact (percent done)."""
+def stage_log(out_dir: Path) -> Path:
+    """The stage's log file, beside its output folder (the CLI's default ``--log``)."""
+    return out_dir.with_name(out_dir.name + ".log")
+
+
+def read_progress(path: Path) -> dict | None:
+    """The child's ``progress.json``, or None before it exists (or while it is being replaced)."""
     try:
-        record = json.loads(progress.read_text())
-    except (OSError, ValueError):  # replaced between the check and the read
-        return artifact
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def report_progress(stage: str, record: dict, artifact: UUID | None) -> UUID | None:
+    """Mirror the child's progress into a Prefect progress artifact (percent done)."""
     percent = 100.0 * record["done"] / max(1, record["total"])
     if artifact is None:
         what = f"{record['done']}/{record['total']} {record.get('unit', '')}".strip()

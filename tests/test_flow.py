@@ -10,6 +10,8 @@ Prefect's cache, and that changing only student settings re-runs only train and 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -62,12 +64,14 @@ def first_run(prefect_harness, tmp_path_factory):
     store = root / "store"
     questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.data_seed)
     config = demo_config(TINY, questions, store, root / "report")
-    state = distill(config, return_state=True)
-    return root, questions, config, state, stage_folders(store)
+    console = io.StringIO()  # what the flow's process writes; stage processes write to their log files
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        state = distill(config, return_state=True)
+    return root, questions, config, state, stage_folders(store), console.getvalue()
 
 
 def test_distill_flow_runs_every_stage_then_caches(first_run):
-    root, _, config, first, folders = first_run
+    root, _, config, first, folders, console = first_run
     assert first.is_completed(), first.message
     metrics = first.result()
     states = task_states(first)
@@ -109,6 +113,20 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
     [throughput] = json.loads(artifacts("teacher-throughput")[0].data)
     assert throughput["teacher"] == "demo-teacher" and throughput["generated_tokens_per_s"] > 0
 
+    # The console: a line per stage saying what it made and where, no library warnings (those are in
+    # each stage's log file beside its folder).
+    lines = console.splitlines()
+    for label in ["sample", "judge", "select", "materialize", "evaluate teacher", "evaluate untrained"]:
+        assert any(line.startswith(f"{label}: ") for line in lines), (label, console[-2000:])
+    for method in ("std_cot", "mcc_kd"):
+        for seed in (0, 1):
+            assert any(line.startswith(f"train {method} seed {seed}: ") for line in lines)
+            assert any(line.startswith(f"evaluate {method}-seed{seed}: ") for line in lines)
+    assert not [line for line in lines if "warning" in line.lower()], console[-3000:]
+    logs = sorted(config.store.glob("*/*.log"))
+    assert {p.parent.name for p in logs} == {"sample", "train", "evaluate"} and len(logs) == 11
+    assert any("WARNING" in p.read_text() for p in logs if p.parent.name == "evaluate")  # vLLM's, kept
+
     second = distill(config, return_state=True)
     assert all(s == "Cached" for v in task_states(second).values() for s in v), task_states(second)
     assert stage_folders(config.store) == folders  # nothing rewritten
@@ -118,7 +136,7 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
 def test_a_cold_run_in_a_new_store_gives_identical_figures(first_run, tmp_path):
     """MCC-KD seed 0 alone, from nothing: sampling, judging, training (cross-entropy and the
     consistency term) and scoring repeat bit for bit."""
-    _, _, config, first, _ = first_run
+    _, _, config, first, _, _ = first_run
     mcc_kd = config.students["mcc_kd"].model_copy(update={"seeds": [0]})
     cold = config.model_copy(
         update={"store": tmp_path / "store", "report_dir": tmp_path / "report", "students": {"mcc_kd": mcc_kd}}
@@ -135,7 +153,7 @@ def test_a_cold_run_in_a_new_store_gives_identical_figures(first_run, tmp_path):
 
 
 def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):
-    root, questions, config, _, folders = first_run
+    root, questions, config, _, folders, _ = first_run
     store = config.store
     # A stage folder deleted behind Prefect's back is recomputed, not served from its cache record.
     judged = next(store.glob("judge/*"))
@@ -158,16 +176,17 @@ def test_stage_progress_file_becomes_a_progress_artifact(prefect_harness, tmp_pa
     from prefect import flow
 
     from mcckd.store import write_progress
-    from tasks.stages import report_progress
+    from tasks.stages import read_progress, report_progress
 
     progress = tmp_path / "progress.json"
+    assert read_progress(progress) is None  # not written yet
 
     @flow
     def watch() -> None:
         write_progress(progress, 1, 4, unit="shards")
-        artifact = report_progress("watched", progress, None)
+        artifact = report_progress("watched", read_progress(progress), None)
         write_progress(progress, 3, 4, unit="shards")
-        report_progress("watched", progress, artifact)
+        report_progress("watched", read_progress(progress), artifact)
 
     watch()
     [artifact] = artifacts("watched-progress")
