@@ -32,7 +32,7 @@ def child(prompts: int, in_process: bool) -> dict:
     configure_local_runtime()
     from vllm import LLM, SamplingParams
 
-    from mcckd.demo_world.build import TEACHER_DIR
+    from mcckd.demo_world.assets import TEACHER_DIR
     from mcckd.demo_world.problems import generate_split
     from mcckd.generation import VllmSettings, open_llm
     from mcckd.prompts import load_prompt, render

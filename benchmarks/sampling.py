@@ -31,7 +31,7 @@ if __name__ == "__main__":  # vLLM spawns processes: nothing heavy at import tim
 
 
 def settings(samples: int, shard_size: int):
-    from mcckd.demo_world.build import TEACHER_DIR
+    from mcckd.demo_world.assets import TEACHER_DIR
     from mcckd.stages.sample import SampleSettings
     from mcckd.teachers import TeacherSpec
 

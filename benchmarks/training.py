@@ -29,8 +29,9 @@ import time
 
 import torch
 
+from mcckd.training.config import TrainConfig
 from mcckd.training.data import Encoded, collate
-from mcckd.training.loop import TrainConfig, forward_loss
+from mcckd.training.loop import forward_loss
 from mcckd.training.loss import answer_consistency, gather_span, question_pairs
 
 VOCAB, SPAN, BATCH, SEQ = 32_000, 8, 8, 256

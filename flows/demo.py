@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from flows.distill import DistillConfig, StudentEval, StudentMethod, distill
 from mcckd import report
-from mcckd.demo_world.build import STUDENT_BASE_DIR, TEACHER_DIR
+from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
 from mcckd.demo_world.problems import write_question_sets
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
@@ -27,7 +27,7 @@ from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete
 from mcckd.teachers import Sampling, TeacherSpec
-from mcckd.training.loop import TrainConfig
+from mcckd.training.config import TrainConfig
 
 QUESTIONS_VERSION = 1
 # The demo's models are a few MB: half a GiB of KV cache holds every sequence the stages decode at

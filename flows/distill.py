@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from mcckd import report
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
-from mcckd.stages import stage_fingerprint
+from mcckd.stages import STAGES, stage_fingerprint
 from mcckd.stages.evaluate import EvaluateSettings
 from mcckd.stages.judge import JudgeSettings
 from mcckd.stages.materialize import MaterializeSettings
@@ -32,7 +32,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import is_complete, path_fingerprint, stage_dir
-from mcckd.teachers import teacher_fingerprint
+from mcckd.teachers import teacher_identity
 from tasks.stages import TASKS
 
 
@@ -55,6 +55,13 @@ class StudentMethod(BaseModel):
 
     train: TrainSettings
     seeds: list[int] = Field([0], min_length=1, description="training seeds (TrainConfig.seed of each run)")
+
+
+class StageDeployments(BaseModel):
+    """Deployments of the ``stage`` flow (``flows/stage.py``) that run stages on their own work pools."""
+
+    accelerator: str = Field("stage/stage-gpu", description="runs sample, train and evaluate (a GPU pool)")
+    cpu: str = Field("stage/stage-cpu", description="runs judge, select and materialize (a CPU pool)")
 
 
 class DistillConfig(BaseModel):
@@ -80,6 +87,11 @@ class DistillConfig(BaseModel):
         description="train stages run at once; on a CPU each gets cores / parallel_trains threads "
         "(two 1-thread runs beat two 2-thread runs in turn on 2 cores)",
     )
+    stage_deployments: StageDeployments | None = Field(
+        None,
+        description="run each stage as a run of these deployments, on their pools' workers (the store must be "
+        "shared); None runs every stage under this flow run, on this machine",
+    )
 
 
 class Ref(NamedTuple):
@@ -103,11 +115,14 @@ def file_ref(path: Path) -> Ref:
     return Ref(path, path_fingerprint(path))
 
 
-def stage_call(store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]):
+def stage_call(
+    config: DistillConfig, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]
+):
     """The task call of one stage and the Ref of its output. ``identity`` adds content fingerprints
     that settings only name by path."""
     fp = stage_fingerprint(stage, settings, {k: r.fingerprint for k, r in inputs.items()} | identity)
-    out = stage_dir(store, stage, fp)
+    out = stage_dir(config.store, stage, fp)
+    deployments = config.stage_deployments
     # A cache record whose folder was deleted must not hit: refresh it instead.
     call = TASKS[stage].with_options(refresh_cache=not is_complete(out))
     kwargs = dict(
@@ -116,15 +131,21 @@ def stage_call(store: Path, stage: str, settings: BaseModel, inputs: dict[str, R
         inputs={k: str(r.input_path) for k, r in inputs.items()},
         out_dir=str(out),
         fingerprint=fp,
+        deployment=deployments and (deployments.accelerator if STAGES[stage].uses_accelerator else deployments.cpu),
     )
     return call, kwargs, Ref(out, fp, STAGE_OUTPUT[stage])
 
 
 def run_stage(
-    store: Path, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str], label: str = ""
+    config: DistillConfig,
+    stage: str,
+    settings: BaseModel,
+    inputs: dict[str, Ref],
+    identity: dict[str, str],
+    label: str = "",
 ) -> Ref:
     """Run (or reuse) one stage, wait for it and say on the console what it produced."""
-    call, kwargs, ref = stage_call(store, stage, settings, inputs, identity)
+    call, kwargs, ref = stage_call(config, stage, settings, inputs, identity)
     state = call(**kwargs, return_state=True)
     state.result()  # raises the stage's failure
     say(label or stage, ref.path, state)
@@ -146,20 +167,19 @@ def _publish(key: str, stage: str, out: Path) -> None:
 @flow(name="distill", log_prints=True)
 def distill(config: DistillConfig) -> dict:
     """Distil the teachers of ``config.sample`` into each student of ``config.students``; evaluate all."""
-    store = config.store
     tests = {split: file_ref(p) for split, p in config.test_sets.items()}
-    teacher_fps = {t.name: teacher_fingerprint(t) for t in config.sample.teachers}
+    teacher_fps = {t.name: teacher_identity(t) for t in config.sample.teachers}
 
     samples = run_stage(
-        store,
+        config,
         "sample",
         config.sample,
         {"questions": file_ref(config.train_questions)},
         {f"teacher:{name}": fp for name, fp in teacher_fps.items()},
     )
-    judged = run_stage(store, "judge", config.judge, {"samples": samples}, {})
-    selected = run_stage(store, "select", config.select, {"judged": judged}, {})
-    trainset = run_stage(store, "materialize", config.materialize, {"selected": selected}, {})
+    judged = run_stage(config, "judge", config.judge, {"samples": samples}, {})
+    selected = run_stage(config, "select", config.select, {"judged": judged}, {})
+    trainset = run_stage(config, "materialize", config.materialize, {"selected": selected}, {})
     for key, stage, ref in [
         ("sample", "sample", samples),
         ("select", "select", selected),
@@ -194,7 +214,7 @@ def distill(config: DistillConfig) -> dict:
         for seed in method.seeds:
             settings = method.train.model_copy(update={"loop": method.train.loop.model_copy(update={"seed": seed})})
             call, kwargs, trained[name][seed] = stage_call(
-                store, "train", settings, {"trainset": trainset}, {"base_model": base_fp}
+                config, "train", settings, {"trainset": trainset}, {"base_model": base_fp}
             )
             calls[name, seed] = (call, kwargs)
     # Stored trainings come back at once; the rest train parallel_trains at a time, each on its share
@@ -237,7 +257,7 @@ def distill(config: DistillConfig) -> dict:
             run_name = name if seed is None else f"{name}-seed{seed}"
             settings = EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
             evals[name][seed] = run_stage(
-                store, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
+                config, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
             ).path
 
     n_questions = report.stage_summary(samples.path)["questions"]

@@ -87,6 +87,28 @@ def teacher_fingerprint(spec: TeacherSpec) -> str:
     return fingerprint("http", spec.model, spec.revision or "unversioned")
 
 
+def teacher_identity(spec: TeacherSpec) -> str:
+    """What a re-distillation compares: the weights' bytes (local), or the model and its revision as
+    the server reports them now (HTTP: ``GET /models``, the entry's ``root``, e.g. the checkpoint
+    vLLM serves), so a server that swapped its weights counts as a new teacher."""
+    if spec.backend == "vllm":
+        return teacher_fingerprint(spec)
+    import httpx
+
+    key = os.environ.get(spec.api_key_env or "", "")
+    url = f"{spec.base_url.rstrip('/')}/models"
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+        response.raise_for_status()
+        served = {m["id"]: m for m in response.json()["data"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+        raise TeacherError(f"{url}: cannot read the served models of teacher {spec.name!r} ({e})") from e
+    if spec.model not in served:
+        raise TeacherError(f"{url}: teacher {spec.name!r} wants model {spec.model!r}; served: {sorted(served)}")
+    root = served[spec.model].get("root") or ""
+    return fingerprint("http", spec.model, root, spec.revision or "unversioned")
+
+
 def sample_seed(seed: int, index: int) -> int:
     """HTTP asks one sample per request, so each sample index gets its own seed."""
     return int(fingerprint(seed, index)[:8], 16)

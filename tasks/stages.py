@@ -45,9 +45,53 @@ def stage_command(stage: str, settings: BaseModel, inputs: dict[str, str], out_d
 
 
 def _run_stage(
+    stage: str,
+    settings: BaseModel,
+    inputs: dict[str, str],
+    out_dir: str,
+    fingerprint: str,
+    threads: int | None = None,
+    deployment: str | None = None,
+) -> str:
+    """Run one stage here, or as a run of ``deployment`` (the ``stage`` flow on another work pool).
+
+    ``threads`` caps the child's CPU threads when stages share the machine.
+    """
+    if deployment:
+        return run_remote(deployment, stage, settings, inputs, out_dir, fingerprint, threads)
+    return run_here(stage, settings, inputs, out_dir, fingerprint, threads)
+
+
+def run_remote(
+    deployment: str,
+    stage: str,
+    settings: BaseModel,
+    inputs: dict[str, str],
+    out_dir: str,
+    fingerprint: str,
+    threads: int | None,
+) -> str:
+    """One run of the ``stage`` deployment, waited for; the worker writes into the shared store."""
+    from prefect.deployments import run_deployment
+
+    parameters = dict(
+        stage=stage,
+        settings=settings.model_dump(mode="json"),
+        inputs=inputs,
+        out_dir=out_dir,
+        fingerprint=fingerprint,
+        threads=threads,
+    )
+    run = run_deployment(deployment, parameters=parameters, timeout=None)
+    if not run.state.is_completed() or not is_complete(Path(out_dir)):
+        raise StageFailed(f"stage {stage} (fingerprint {fingerprint}) as {deployment} run {run.name}: {run.state.name}")
+    return out_dir
+
+
+def run_here(
     stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str, threads: int | None = None
 ) -> str:
-    """Run one stage; ``threads`` caps the child's CPU threads when stages share the machine."""
+    """Run one stage on this machine: in this process, or its own child process if it holds an accelerator."""
     if not STAGES[stage].uses_accelerator:
         execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
         return out_dir

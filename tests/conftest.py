@@ -21,7 +21,7 @@ configure_local_runtime()
 def demo_tokenizer():
     from transformers import AutoTokenizer
 
-    from mcckd.demo_world.build import TOKENIZER_DIR
+    from mcckd.demo_world.assets import TOKENIZER_DIR
 
     return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
 

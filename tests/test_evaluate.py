@@ -13,7 +13,7 @@ from datasets import Dataset
 from data_schemas import InputError
 from flows.demo import SMALL_ENGINE
 from mcckd.answers import answer_kind, answers_match, extract_answer
-from mcckd.demo_world.build import TEACHER_DIR
+from mcckd.demo_world.assets import TEACHER_DIR
 from mcckd.demo_world.problems import generate_split
 from mcckd.stages import execute
 from mcckd.stages.evaluate import EvaluateSettings, read_questions, vote

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.demo import SMALL_ENGINE
-from mcckd.demo_world.build import STUDENT_BASE_DIR, TEACHER_DIR
+from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
 from mcckd.stages import execute, work_dir_for
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.teachers import TeacherSpec, chat_prompt

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mcckd.answers import answers_match, extract_answer
-from mcckd.demo_world.build import TEACHER_DIR
+from mcckd.demo_world.assets import TEACHER_DIR
 from mcckd.stages import execute, work_dir_for
 from mcckd.stages.sample import SampleSettings
 from mcckd.teachers import HttpSettings, TeacherError, TeacherSpec

@@ -21,14 +21,15 @@ import pytest
 import torch
 
 from data_schemas import TRAINSET, write_table
-from mcckd.demo_world.build import STUDENT_BASE_DIR
+from mcckd.demo_world.assets import STUDENT_BASE_DIR
 from mcckd.demo_world.problems import generate_split, write_rationale
 from mcckd.prompts import load_prompt
 from mcckd.stages import work_dir_for
 from mcckd.stages.materialize import with_answer_sentence
 from mcckd.stages.train import TrainSettings, examples_from_trainset
+from mcckd.training.config import LoraSettings, TrainConfig
 from mcckd.training.data import encode_groups
-from mcckd.training.loop import LoraSettings, TrainConfig, forward_loss, train_causal_lm
+from mcckd.training.loop import forward_loss, train_causal_lm
 from mcckd.training.loss import gather_span
 from tasks.stages import stage_command
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR, TOKENIZER_DIR
 from mcckd.demo_world.problems import (
     EVENTS,
     FORMATS,
@@ -35,16 +36,11 @@ from mcckd.demo_world.problems import (
     write_rationale,
 )
 from mcckd.demo_world.tokenizer import train_tokenizer
-from mcckd.paths import ASSETS_DIR
 from mcckd.prompts import load_prompt, render
 from mcckd.runtime import configure_local_runtime
+from mcckd.training.config import TrainConfig
 from mcckd.training.data import Example, encode_groups
-from mcckd.training.loop import TrainConfig, train_causal_lm
-
-DEMO_DIR = ASSETS_DIR / "demo"
-TOKENIZER_DIR = DEMO_DIR / "tokenizer"
-TEACHER_DIR = DEMO_DIR / "teacher"
-STUDENT_BASE_DIR = DEMO_DIR / "student_base"
+from mcckd.training.loop import train_causal_lm
 
 # head_dim must be 64 for vLLM's CPU attention; sizes chosen so each model trains in minutes on 2 cores.
 TEACHER_SHAPE = dict(hidden_size=192, num_attention_heads=3, num_hidden_layers=4, intermediate_size=512)

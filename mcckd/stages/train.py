@@ -14,15 +14,17 @@ rank 0 writes the output.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import torch
 from pydantic import BaseModel
 
 from data_schemas import DEV_LOG, REJECTIONS, TRAIN_LOG, TRAINSET, read_table, rejection, write_table
 from mcckd.prompts import load_prompt, render
-from mcckd.training.data import Example, encode_groups, split_dev
-from mcckd.training.loop import TrainConfig, train_causal_lm
+from mcckd.training.config import TrainConfig
+
+if TYPE_CHECKING:  # torch and transformers load only when a training runs (the flows import this module)
+    from mcckd.training.data import Example
 
 STAGE_VERSION = 2
 
@@ -36,6 +38,8 @@ class TrainSettings(BaseModel):
 
 def examples_from_trainset(rows: list[dict], template: str) -> list[Example]:
     """One example per rationale; the completion starts with a space, so spans shift by one."""
+    from mcckd.training.data import Example
+
     examples = []
     for row in rows:
         prompt = render(template, row["question"])
@@ -68,7 +72,11 @@ def plot_losses(log: list[dict], dev_log: list[dict], path: Path) -> None:
 
 
 def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) -> dict:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mcckd.training.data import encode_groups, split_dev
+    from mcckd.training.loop import train_causal_lm
 
     rows = read_table(trainset, TRAINSET).to_pylist()
     tokenizer = AutoTokenizer.from_pretrained(str(settings.base_model))
