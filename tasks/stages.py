@@ -101,6 +101,7 @@ def run_here(
     # progress bar from the child's progress.json and, from the flow, one line per stage.
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     log_path = stage_log(Path(out_dir))
+    log_path.parent.mkdir(parents=True, exist_ok=True)  # the first stage of its kind in this store
     progress = work_dir_for(Path(out_dir)) / "progress.json"
     artifact, bar = None, None
     with open(log_path, "ab") as log:

@@ -225,6 +225,9 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
     artifacts = request(f"{api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [first["id"]]}}})
     keys = {a["key"] for a in artifacts}
     assert {"sample-summary", "rejection-ledger", "accuracy", "distill-report", "plot-accuracy"} <= keys
+    if os.environ.get("MCCKD_SCREENSHOT") and shutil.which("chromium"):  # for the docs: the run's artifacts
+        ui = api.removesuffix("/api")
+        screenshot(ui, f"/runs/flow-run/{first['id']}?tab=Artifacts", Path(os.environ["MCCKD_SCREENSHOT"]))
     [accuracy] = [a for a in artifacts if a["key"] == "accuracy"]
     assert {row["model"] for row in json.loads(accuracy["data"])} >= {"teacher", "untrained", "std_cot", "mcc_kd"}
     before = {p.parent.name + "/" + p.name for p in (shared / "store").glob("*/*") if p.is_dir()}
@@ -262,3 +265,53 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
     events = request(f"{api}/events/filter", {"filter": {"event": {"name": ["mcckd.teacher.updated"]}}})
     [event] = events["events"]
     assert event["resource"]["prefect.resource.id"] == "mcckd.teacher.demo-teacher"
+
+
+def screenshot(ui: str, path: str, out: Path) -> None:
+    """The UI page at ``path`` as a PNG, from headless Chromium logged in with the API credentials
+    (the UI keeps them in localStorage "prefect-password"), over the DevTools protocol."""
+    import asyncio
+
+    import websockets
+
+    port = free_port()
+    chrome = subprocess.Popen(
+        ["chromium", "--headless=new", "--no-sandbox", f"--remote-debugging-port={port}", "--window-size=1600,1100"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    async def shoot() -> None:
+        deadline = time.time() + 30
+        while True:
+            try:
+                [page] = [t for t in request(f"http://127.0.0.1:{port}/json", auth=False) if t["type"] == "page"]
+                break
+            except (OSError, ValueError):
+                assert time.time() < deadline, "chromium did not start"
+                await asyncio.sleep(0.5)
+        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=2**26) as ws:
+            ids = iter(range(1, 1000))
+
+            async def call(method: str, **params) -> dict:
+                message_id = next(ids)
+                await ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+                while True:
+                    reply = json.loads(await ws.recv())
+                    if reply.get("id") == message_id:
+                        return reply.get("result", {})
+
+            token = base64.b64encode(AUTH.encode()).decode()
+            await call("Page.navigate", url=ui)
+            await asyncio.sleep(3)
+            await call("Runtime.evaluate", expression=f"localStorage.setItem('prefect-password', '{token}')")
+            await call("Page.navigate", url=ui + path)
+            await asyncio.sleep(12)
+            shot = await call("Page.captureScreenshot", format="png")
+            out.write_bytes(base64.b64decode(shot["data"]))
+
+    try:
+        asyncio.run(shoot())
+    finally:
+        stop(chrome)
