@@ -9,13 +9,13 @@ setup: $(STAMP)
 
 $(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade "pip>=24"
+	$(VENV)/bin/pip install -qq --upgrade "pip>=24"
 ifdef GPU
-	$(VENV)/bin/pip install --quiet -r requirements/gpu.txt
+	$(VENV)/bin/pip install -qq -r requirements/gpu.txt
 else
-	$(VENV)/bin/pip install --quiet --no-deps -r requirements/cpu.lock
+	$(VENV)/bin/pip install -qq --no-deps -r requirements/cpu.lock
 endif
-	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -qq --no-deps --no-build-isolation -e .
 	touch $@
 
 demo: setup

@@ -10,6 +10,7 @@ tasks, so a cached stage still shows them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +33,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import is_complete, path_fingerprint, stage_dir
-from mcckd.teachers import teacher_identity
+from mcckd.teachers import record_distilled, teacher_identity
 from tasks.stages import TASKS
 
 
@@ -158,9 +159,9 @@ def say(label: str, out: Path, state: State) -> None:
 
 
 def _publish(key: str, stage: str, out: Path) -> None:
-    summary = report.stage_summary(out)
+    summary = json.dumps(report.stage_summary(out), indent=2, default=str)
     create_markdown_artifact(
-        key=key, markdown=f"### {stage} `{out.name}`\n\n```\n{summary}\n```", description=f"{stage} summary"
+        key=key, markdown=f"### {stage}\n\nfolder: `{out}`\n\n```json\n{summary}\n```", description=f"{stage} summary"
     )
 
 
@@ -201,6 +202,11 @@ def distill(config: DistillConfig) -> dict:
         "(rows in each stage's rejections.parquet)",
     )
     create_table_artifact(
+        key="judge-examples",
+        table=report.verdict_examples(judged.path),
+        description="a few rationales per verdict, as the judge read them",
+    )
+    create_table_artifact(
         key="judge-verdicts",
         table=[{"verdict": k, "rationales": v} for k, v in report.verdict_counts(judged.path).items()],
         description="judged samples by verdict (everything but 'correct' is in the rejection ledger)",
@@ -236,7 +242,11 @@ def distill(config: DistillConfig) -> dict:
     for name, runs in trained.items():
         for seed, ref in runs.items():
             say(f"train {name} seed {seed}", ref.path, train_states[name, seed])
-            _publish(f"train-{name.replace('_', '-')}-seed{seed}", "train", ref.path)
+            key = f"train-{name.replace('_', '-')}-seed{seed}"
+            _publish(key, "train", ref.path)
+            create_image_artifact(
+                image_url=report.data_url(ref.path / "loss.png"), key=f"{key}-loss", description=f"{ref.path}/loss.png"
+            )
 
     base_model = next(iter(config.students.values())).train.base_model
     local = [t for t in config.sample.teachers if t.backend == "vllm"]  # served teachers are not re-scored
@@ -282,6 +292,7 @@ def distill(config: DistillConfig) -> dict:
             key=f"plot-{plot.removesuffix('.png').replace('_', '-')}",
             description=f"{plot} ({config.report_dir})",
         )
+    record_distilled(config.store, teacher_fps)  # what redistill compares with
     return metrics
 
 

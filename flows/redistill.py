@@ -2,19 +2,19 @@
 
 Each run computes every configured teacher's identity (a local teacher: the content hash of its
 weights; a served one: the model name and revision its server reports), compares it with the
-identity last distilled (``<store>/distilled_teachers.json``), and when one changed emits
+identity last distilled (``<store>/distilled_teachers.json``, written by every completed ``distill``),
+and when one changed emits
 ``mcckd.teacher.updated`` with that teacher as the resource and runs ``distill`` as a subflow (a
 teacher never distilled is distilled without an event). The
 stage fingerprints include the teacher's identity, so only what depends on that teacher is
 recomputed (sampling and everything after it; the test sets and the untrained base's evaluation are
-cache hits). The identities are recorded once the distillation succeeded, so a failed run is retried
-by the next one. Runs are serialised by the deployment's concurrency limit: a run triggered by its
+cache hits). ``distill`` records the identities once it succeeded, so a failed run is retried by
+the next one. Runs are serialised by the deployment's concurrency limit: a run triggered by its
 own event finds nothing changed.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow
@@ -23,18 +23,14 @@ from prefect.events import emit_event
 from flows.demo import DemoSettings, demo_config, demo_questions
 from flows.distill import DistillConfig, distill
 from mcckd.paths import PROJECT_ROOT
-from mcckd.teachers import TeacherSpec, teacher_identity
+from mcckd.teachers import TeacherSpec, distilled_record, read_distilled, teacher_identity
 
 EVENT = "mcckd.teacher.updated"
 
 
-def record_path(store: Path) -> Path:
-    return store / "distilled_teachers.json"
-
-
-def changed_teachers(teachers: list[TeacherSpec], record: Path) -> tuple[dict[str, str], dict[str, str | None]]:
+def changed_teachers(teachers: list[TeacherSpec], store: Path) -> tuple[dict[str, str], dict[str, str | None]]:
     """Every teacher's identity now, and the previous identity of each one that changed (None: never distilled)."""
-    last = json.loads(record.read_text()) if record.is_file() else {}
+    last = read_distilled(store)
     now = {t.name: teacher_identity(t) for t in teachers}
     return now, {name: last.get(name) for name, identity in now.items() if last.get(name) != identity}
 
@@ -46,8 +42,7 @@ def redistill(config: DistillConfig | None = None) -> dict:
         settings, store = DemoSettings(), PROJECT_ROOT / "runs" / "store"
         questions = demo_questions(store, settings.train_questions, settings.test_questions, settings.data_seed)
         config = demo_config(settings, questions, store, PROJECT_ROOT / "runs" / "demo")
-    record = record_path(config.store)
-    now, changed = changed_teachers(config.sample.teachers, record)
+    now, changed = changed_teachers(config.sample.teachers, config.store)
     for name, previous in changed.items():
         if previous is None:
             continue  # never distilled: nothing was updated (and no event to re-trigger this deployment)
@@ -57,10 +52,8 @@ def redistill(config: DistillConfig | None = None) -> dict:
             payload={"identity": now[name], "previous": previous},
         )
     if not changed:
-        print(f"no teacher changed since the last distillation ({record})")
+        print(f"no teacher changed since the last distillation ({distilled_record(config.store)})")
         return {"changed": {}, "metrics": None}
     print(f"teachers changed: {', '.join(changed)}; distilling again")
     metrics = distill(config)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(now, indent=2))
     return {"changed": changed, "metrics": metrics}

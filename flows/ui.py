@@ -43,7 +43,7 @@ def main() -> None:
     configure_local_runtime()
     api_url = f"http://127.0.0.1:{args.port}/api"
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(args.port)]
-    server = subprocess.Popen(command, env=os.environ | {"PREFECT_API_URL": ""})
+    server = subprocess.Popen(command, env=os.environ | {"PREFECT_API_URL": "", "PREFECT_UI_API_URL": api_url})
     try:
         wait_healthy(api_url, server)
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect's settings are first read below

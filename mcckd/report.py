@@ -55,6 +55,27 @@ def verdict_counts(judge_dir: Path) -> dict[str, int]:
     return dict(Counter(pq.read_table(judge_dir / "judged.parquet", columns=["verdict"]).column(0).to_pylist()))
 
 
+def verdict_examples(judge_dir: Path, per_verdict: int = 2, width: int = 300) -> list[dict]:
+    """The first few judged rationales of each verdict, to read in the UI beside the counts."""
+    columns = ["verdict", "question", "answer", "predicted_answer", "rationale"]
+    counts: Counter = Counter()
+    examples = []
+    for row in pq.read_table(judge_dir / "judged.parquet", columns=columns).to_pylist():
+        if counts[row["verdict"]] < per_verdict:
+            counts[row["verdict"]] += 1
+            text = row["rationale"] if len(row["rationale"]) <= width else row["rationale"][:width] + "…"
+            examples.append(
+                {
+                    "verdict": row["verdict"],
+                    "question": row["question"],
+                    "gold": row["answer"],
+                    "read": row["predicted_answer"],
+                    "rationale": text,
+                }
+            )
+    return examples
+
+
 def rejection_counts(*stage_dirs: Path) -> dict[str, int]:
     counts: Counter = Counter()
     for d in stage_dirs:

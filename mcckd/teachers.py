@@ -9,6 +9,7 @@ so the stage can write the shard to disk while the teacher keeps working. Record
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -107,6 +108,25 @@ def teacher_identity(spec: TeacherSpec) -> str:
         raise TeacherError(f"{url}: teacher {spec.name!r} wants model {spec.model!r}; served: {sorted(served)}")
     root = served[spec.model].get("root") or ""
     return fingerprint("http", spec.model, root, spec.revision or "unversioned")
+
+
+def distilled_record(store: Path) -> Path:
+    """Each teacher's identity as of its last completed distillation into ``store`` (redistill reads it)."""
+    return store / "distilled_teachers.json"
+
+
+def read_distilled(store: Path) -> dict[str, str]:
+    path = distilled_record(store)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_distilled(store: Path, identities: dict[str, str]) -> None:
+    """Note these teachers as distilled (the others keep their entries); written atomically."""
+    path = distilled_record(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(read_distilled(store) | identities, indent=2, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -50,6 +50,13 @@ def artifacts(key: str) -> list:
         return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
+def report_verdicts(config) -> set[str]:
+    from mcckd.report import verdict_counts
+
+    [judge_dir] = config.store.glob("judge/*/")
+    return set(verdict_counts(judge_dir))
+
+
 def stage_folders(store) -> dict[str, float]:
     return {
         str(p.parent.relative_to(store)): read_manifest(p.parent)["finished_at"]
@@ -110,6 +117,13 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
         assert image.type == "image" and image.data.startswith("data:image/png;base64,")
     # questions, sample, judge, select, materialize, 4 x train, 6 x evaluate
     assert len(folders) == 15
+    examples = json.loads(artifacts("judge-examples")[0].data)
+    verdicts = [e["verdict"] for e in examples]
+    assert set(verdicts) == report_verdicts(config) and max(verdicts.count(v) for v in verdicts) <= 2
+    [loss] = artifacts("train-mcc-kd-seed1-loss")
+    assert loss.type == "image" and loss.data.startswith("data:image/png;base64,")
+    [summary] = artifacts("sample-summary")
+    assert str(config.store / "sample") in summary.data  # the stage's folder
     [throughput] = json.loads(artifacts("teacher-throughput")[0].data)
     assert throughput["teacher"] == "demo-teacher" and throughput["generated_tokens_per_s"] > 0
 
