@@ -28,7 +28,7 @@ from mcckd.answers import answers_match, extract_answer
 from mcckd.demo_world.assets import TEACHER_DIR
 from mcckd.stages import execute, work_dir_for
 from mcckd.stages.sample import SampleSettings
-from mcckd.teachers import HttpSettings, TeacherError, TeacherSpec
+from mcckd.teachers import HttpSettings, TeacherError, TeacherSpec, teacher_identity
 from tests.demo_questions import questions_file
 
 SECRET = "sk-test-never-print-me"
@@ -102,6 +102,20 @@ def test_http_backend_with_a_wrong_api_key_fails_without_retrying(tmp_path, vllm
     with pytest.raises(TeacherError, match="HTTP 401") as failed:
         execute("sample", settings, tmp_path / "out", {"questions": questions_file(tmp_path / "q.parquet", 2)})
     assert vllm_server in str(failed.value) and "wrong" not in str(failed.value)
+
+
+def test_served_teacher_identity_is_what_the_server_reports(vllm_server, monkeypatch):
+    """redistill's view of a served teacher: the model and the checkpoint (``root``) its server names."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    spec = http_teacher(vllm_server)
+    identity = teacher_identity(spec)
+    assert identity == teacher_identity(spec)  # stable while the server serves the same weights
+    assert teacher_identity(spec.model_copy(update={"revision": "v2"})) != identity
+    with pytest.raises(TeacherError, match="served: \\['demo-teacher'\\]"):
+        teacher_identity(spec.model_copy(update={"model": "another-model"}))
+    monkeypatch.setenv("OPENAI_API_KEY", "wrong")
+    with pytest.raises(TeacherError, match="cannot read the served models"):
+        teacher_identity(spec)
 
 
 # --- HTTP: retries and a server that stops answering -------------------------------------------
