@@ -227,8 +227,13 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
     keys = {a["key"] for a in artifacts}
     assert {"sample-summary", "rejection-ledger", "accuracy", "distill-report", "plot-accuracy"} <= keys
     if os.environ.get("MCCKD_SCREENSHOT") and shutil.which("chromium"):  # for the docs: the run's artifacts
-        ui = api.removesuffix("/api")
-        screenshot(ui, f"/runs/flow-run/{first['id']}", Path(os.environ["MCCKD_SCREENSHOT"]))
+        shots = Path(os.environ["MCCKD_SCREENSHOT"])
+        [report_artifact] = [a for a in artifacts if a["key"] == "distill-report"]
+        pages = {
+            f"/runs/flow-run/{first['id']}?tab=Artifacts": shots / "flow-run-artifacts.png",
+            f"/runs/artifact/{report_artifact['id']}": shots / "report-artifact.png",
+        }
+        screenshot(api.removesuffix("/api"), pages)
     [accuracy] = [a for a in artifacts if a["key"] == "accuracy"]
     assert {row["model"] for row in json.loads(accuracy["data"])} >= {"teacher", "untrained", "std_cot", "mcc_kd"}
     before = {p.parent.name + "/" + p.name for p in (shared / "store").glob("*/*") if p.is_dir()}
@@ -268,8 +273,8 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
     assert event["resource"]["prefect.resource.id"] == "mcckd.teacher.demo-teacher"
 
 
-def screenshot(ui: str, path: str, out: Path) -> None:
-    """The UI page at ``path`` as a PNG, from headless Chromium logged in with the API credentials
+def screenshot(ui: str, pages: dict[str, Path]) -> None:
+    """Each UI page (path -> PNG file) from headless Chromium logged in with the API credentials
     (the UI keeps them in localStorage "prefect-password"), over the DevTools protocol."""
     import asyncio
 
@@ -310,13 +315,12 @@ def screenshot(ui: str, path: str, out: Path) -> None:
             await call(
                 "Runtime.evaluate", expression="localStorage.setItem('join-the-community-modal-dismissed', 'true')"
             )
-            await call("Page.navigate", url=ui + path)
-            await asyncio.sleep(10)
-            tab = "[...document.querySelectorAll('button,[role=tab]')].find(e => e.textContent.trim() === 'Artifacts')"
-            await call("Runtime.evaluate", expression=f"{tab}?.click()")
-            await asyncio.sleep(5)
-            shot = await call("Page.captureScreenshot", format="png")
-            out.write_bytes(base64.b64decode(shot["data"]))
+            for path, out in pages.items():
+                await call("Page.navigate", url=ui + path)
+                await asyncio.sleep(10)
+                shot = await call("Page.captureScreenshot", format="png")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(base64.b64decode(shot["data"]))
 
     try:
         asyncio.run(shoot())
