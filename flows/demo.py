@@ -49,7 +49,7 @@ class DemoSettings(BaseModel):
     num_samples: int = Field(2, description="rationales per question and CoT style")
     temperature: float = 0.8
     k: int = 3
-    epochs: int = 10
+    epochs: int = 20
     alpha: float = 0.05
     questions_per_batch: int = 16
     learning_rate: float = 2e-3
@@ -101,6 +101,62 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
     )
 
 
+class DemoSweep(BaseModel):
+    """The demo world's CoT-factor sweep: the demo teacher in 2 formats x 2 granularities, Std-CoT and
+    MCC-KD, 2 seeds each; smaller than the demo so that its 16 trainings fit a CPU machine."""
+
+    train_questions: int = 300
+    test_questions: int = 100
+    data_seed: int = 0
+    cot_formats: list[str] = ["plain", "subq"]
+    granularities: list[str] = ["1", "2"]
+    extra_cells: list[tuple[str, str]] = Field([], description="(format, granularity) cells beyond the grid")
+    num_samples: int = 3
+    k: int = 2
+    epochs: int = 6
+    alpha: float = 0.05
+    learning_rate: float = 2e-3
+    seeds: list[int] = [0, 1]
+    parallel_trains: int = 2
+    budget: int | None = None
+
+
+def demo_sweep_config(
+    settings: DemoSweep,
+    store: Path = PROJECT_ROOT / "runs" / "store",
+    report_dir: Path = PROJECT_ROOT / "runs" / "sweep",
+):
+    """The demo world wired into ``flows.sweep.SweepConfig``."""
+    from flows.sweep import SweepConfig
+
+    questions = demo_questions.fn(store, settings.train_questions, settings.test_questions, settings.data_seed)
+    loop = TrainConfig(epochs=settings.epochs, learning_rate=settings.learning_rate, dev_fraction=0.05)
+    return SweepConfig(
+        store=store,
+        report_dir=report_dir,
+        train_questions=questions / "train.parquet",
+        test_sets={split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")},
+        teachers=[TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)],
+        cot_formats=settings.cot_formats,
+        granularities=settings.granularities,
+        extra_cells=settings.extra_cells,
+        num_samples=settings.num_samples,
+        sampling=Sampling(temperature=0.8),
+        seed=settings.data_seed,
+        select=SelectSettings(k=settings.k),
+        methods={
+            name: StudentMethod(
+                train=TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": alpha})),
+                seeds=settings.seeds,
+            )
+            for name, alpha in (("std_cot", 0.0), ("mcc_kd", settings.alpha))
+        },
+        student_eval=StudentEval(vllm=SMALL_ENGINE),
+        parallel_trains=settings.parallel_trains,
+        budget=settings.budget,
+    )
+
+
 @flow(name="demo", log_prints=True)
 def demo(
     settings: DemoSettings = DemoSettings(),  # noqa: B008  (pydantic default the Prefect UI can show)
@@ -109,6 +165,18 @@ def demo(
 ) -> dict:
     questions = demo_questions(store, settings.train_questions, settings.test_questions, settings.data_seed)
     return distill(demo_config(settings, questions, store, report_dir))
+
+
+@flow(name="demo-sweep", log_prints=True)
+def demo_sweep(
+    settings: DemoSweep = DemoSweep(),  # noqa: B008  (pydantic default the Prefect UI can show)
+    store: Path = PROJECT_ROOT / "runs" / "store",
+    report_dir: Path = PROJECT_ROOT / "runs" / "sweep",
+) -> dict:
+    """The demo world's CoT-factor sweep (``flows.sweep``), with every setting in the UI's form."""
+    from flows.sweep import cot_sweep
+
+    return cot_sweep(demo_sweep_config(settings, store, report_dir))
 
 
 def main() -> None:

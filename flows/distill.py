@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from prefect import flow
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
@@ -33,7 +33,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import is_complete, path_fingerprint, stage_dir
-from mcckd.teachers import record_distilled, teacher_identity
+from mcckd.teachers import TeacherSpec, record_distilled, teacher_identity
 from tasks.stages import TASKS
 
 
@@ -65,21 +65,19 @@ class StageDeployments(BaseModel):
     cpu: str = Field("stage/stage-cpu", description="runs judge, select and materialize (a CPU pool)")
 
 
-class DistillConfig(BaseModel):
+class RunConfig(BaseModel):
+    """What every run shares (distill and sweep): where it writes, what it is tested on, how the
+    rationales are curated, how models are decoded, and where stages run."""
+
     store: Path = PROJECT_ROOT / "runs" / "store"
     report_dir: Path = PROJECT_ROOT / "runs" / "latest"
-    train_questions: Path
     test_sets: dict[str, Path] = Field(
         description="name -> test set (questions Parquet, JSON/JSONL/Parquet with the import stage's field names, "
         "or a datasets folder); every model is evaluated on each"
     )
-    sample: SampleSettings
     judge: JudgeSettings = JudgeSettings()
     select: SelectSettings = SelectSettings()
     materialize: MaterializeSettings = MaterializeSettings()
-    students: dict[str, StudentMethod] = Field(
-        description="name -> method and seeds, e.g. std_cot, mcc_kd; the first is the baseline of paired comparisons"
-    )
     teacher_eval_template: str = "demo_teacher"
     student_eval: StudentEval = StudentEval()
     parallel_trains: int = Field(
@@ -92,6 +90,14 @@ class DistillConfig(BaseModel):
         None,
         description="run each stage as a run of these deployments, on their pools' workers (the store must be "
         "shared); None runs every stage under this flow run, on this machine",
+    )
+
+
+class DistillConfig(RunConfig):
+    train_questions: Path
+    sample: SampleSettings
+    students: dict[str, StudentMethod] = Field(
+        description="name -> method and seeds, e.g. std_cot, mcc_kd; the first is the baseline of paired comparisons"
     )
 
 
@@ -108,7 +114,14 @@ class Ref(NamedTuple):
         return self.path / self.main if self.main else self.path
 
 
-STAGE_OUTPUT = {"sample": "samples.parquet", "judge": "judged.parquet", "select": "selected.parquet"}
+K = TypeVar("K")  # what names a training job: (method, seed) in distill, (cell, method, seed) in a sweep
+
+STAGE_OUTPUT = {
+    "sample": "samples.parquet",
+    "import": "samples.parquet",
+    "judge": "judged.parquet",
+    "select": "selected.parquet",
+}
 STAGE_OUTPUT |= {"materialize": "train.parquet", "train": "model", "evaluate": "accuracy.json"}
 
 
@@ -116,9 +129,7 @@ def file_ref(path: Path) -> Ref:
     return Ref(path, path_fingerprint(path))
 
 
-def stage_call(
-    config: DistillConfig, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]
-):
+def stage_call(config: RunConfig, stage: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]):
     """The task call of one stage and the Ref of its output. ``identity`` adds content fingerprints
     that settings only name by path."""
     fp = stage_fingerprint(stage, settings, {k: r.fingerprint for k, r in inputs.items()} | identity)
@@ -138,7 +149,7 @@ def stage_call(
 
 
 def run_stage(
-    config: DistillConfig,
+    config: RunConfig,
     stage: str,
     settings: BaseModel,
     inputs: dict[str, Ref],
@@ -165,12 +176,87 @@ def _publish(key: str, stage: str, out: Path) -> None:
     )
 
 
+def curate(config: RunConfig, samples: Ref, label: str = "") -> tuple[Ref, Ref, Ref]:
+    """judge -> select -> materialize on one stage's samples: (judged, selected, trainset)."""
+    suffix = f" {label}" if label else ""
+    judged = run_stage(config, "judge", config.judge, {"samples": samples}, {}, label=f"judge{suffix}")
+    selected = run_stage(config, "select", config.select, {"judged": judged}, {}, label=f"select{suffix}")
+    trainset = run_stage(
+        config, "materialize", config.materialize, {"selected": selected}, {}, label=f"materialize{suffix}"
+    )
+    return judged, selected, trainset
+
+
+def with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
+    return settings.model_copy(update={"loop": settings.loop.model_copy(update={"seed": seed})})
+
+
+def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labels: dict[K, str]) -> dict[K, Ref]:
+    """Train every job (settings, trainset), ``config.parallel_trains`` at a time; one console line each.
+
+    Stored trainings come back at once; the rest run in batches, each child on its share of the
+    cores (a cached run in a batch would leave its share idle).
+    """
+    calls, refs = {}, {}
+    for key, (settings, trainset) in jobs.items():
+        base_fp = path_fingerprint(settings.base_model)
+        call, kwargs, refs[key] = stage_call(config, "train", settings, {"trainset": trainset}, {"base_model": base_fp})
+        calls[key] = (call, kwargs)
+    stored = [key for key, (_, kwargs) in calls.items() if is_complete(Path(kwargs["out_dir"]))]
+    to_train = [key for key in calls if key not in stored]
+    batches = [
+        stored,
+        *(to_train[i : i + config.parallel_trains] for i in range(0, len(to_train), config.parallel_trains)),
+    ]
+    threads = max(1, (os.cpu_count() or 1) // config.parallel_trains)
+    for batch in batches:
+        futures = {key: calls[key][0].submit(**calls[key][1], threads=threads) for key in batch}
+        wait(list(futures.values()))
+        for key, future in futures.items():
+            future.result()  # raises the stage's failure
+            say(labels[key], refs[key].path, future.state)
+    return refs
+
+
+ModelRuns = dict[str, dict[int | None, tuple[Path, str, str]]]  # model -> seed -> (folder, fingerprint, template)
+
+
+def reference_models(
+    config: RunConfig, teachers: list[TeacherSpec], teacher_fps: dict[str, str], base: Path
+) -> ModelRuns:
+    """The models every student is read against: each local teacher (served ones are not re-scored)
+    and the untrained student base."""
+    local = [t for t in teachers if t.backend == "vllm"]
+    models: ModelRuns = {
+        ("teacher" if len(local) == 1 else f"teacher-{t.name}"): {
+            None: (Path(t.model), teacher_fps[t.name], config.teacher_eval_template)
+        }
+        for t in local
+    }
+    models["untrained"] = {None: (base, path_fingerprint(base), config.student_eval.template)}
+    return models
+
+
+def evaluate_runs(config: RunConfig, models: ModelRuns) -> report.EvalDirs:
+    """Evaluate every (model, seed) on every test set of ``config``; one console line each."""
+    tests = {split: file_ref(p) for split, p in config.test_sets.items()}
+    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
+    evals: report.EvalDirs = {}
+    for name, runs in models.items():
+        evals[name] = {}
+        for seed, (model_dir, model_fp, template) in runs.items():
+            run_name = name if seed is None else f"{name}-seed{seed}"
+            settings = EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
+            evals[name][seed] = run_stage(
+                config, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
+            ).path
+    return evals
+
+
 @flow(name="distill", log_prints=True)
 def distill(config: DistillConfig) -> dict:
     """Distil the teachers of ``config.sample`` into each student of ``config.students``; evaluate all."""
-    tests = {split: file_ref(p) for split, p in config.test_sets.items()}
     teacher_fps = {t.name: teacher_identity(t) for t in config.sample.teachers}
-
     samples = run_stage(
         config,
         "sample",
@@ -178,9 +264,7 @@ def distill(config: DistillConfig) -> dict:
         {"questions": file_ref(config.train_questions)},
         {f"teacher:{name}": fp for name, fp in teacher_fps.items()},
     )
-    judged = run_stage(config, "judge", config.judge, {"samples": samples}, {})
-    selected = run_stage(config, "select", config.select, {"judged": judged}, {})
-    trainset = run_stage(config, "materialize", config.materialize, {"selected": selected}, {})
+    judged, selected, trainset = curate(config, samples)
     for key, stage, ref in [
         ("sample", "sample", samples),
         ("select", "select", selected),
@@ -212,63 +296,26 @@ def distill(config: DistillConfig) -> dict:
         description="judged samples by verdict (everything but 'correct' is in the rejection ledger)",
     )
 
+    jobs = {
+        (name, seed): (with_seed(method.train, seed), trainset)
+        for name, method in config.students.items()
+        for seed in method.seeds
+    }
+    refs = train_runs(config, jobs, {key: f"train {key[0]} seed {key[1]}" for key in jobs})
     trained: dict[str, dict[int, Ref]] = {}
-    calls = {}
-    for name, method in config.students.items():
-        base_fp = path_fingerprint(method.train.base_model)
-        trained[name] = {}
-        for seed in method.seeds:
-            settings = method.train.model_copy(update={"loop": method.train.loop.model_copy(update={"seed": seed})})
-            call, kwargs, trained[name][seed] = stage_call(
-                config, "train", settings, {"trainset": trainset}, {"base_model": base_fp}
-            )
-            calls[name, seed] = (call, kwargs)
-    # Stored trainings come back at once; the rest train parallel_trains at a time, each on its share
-    # of the cores (a cached run in a batch would leave its share idle).
-    stored = [key for key, (_, kwargs) in calls.items() if is_complete(Path(kwargs["out_dir"]))]
-    to_train = [key for key in calls if key not in stored]
-    batches = [
-        stored,
-        *(to_train[i : i + config.parallel_trains] for i in range(0, len(to_train), config.parallel_trains)),
-    ]
-    threads = max(1, (os.cpu_count() or 1) // config.parallel_trains)
-    train_states: dict[tuple[str, int], State] = {}
-    for batch in batches:
-        futures = {key: calls[key][0].submit(**calls[key][1], threads=threads) for key in batch}
-        wait(list(futures.values()))
-        for key, future in futures.items():
-            future.result()  # raises the stage's failure
-            train_states[key] = future.state
-    for name, runs in trained.items():
-        for seed, ref in runs.items():
-            say(f"train {name} seed {seed}", ref.path, train_states[name, seed])
-            key = f"train-{name.replace('_', '-')}-seed{seed}"
-            _publish(key, "train", ref.path)
-            create_image_artifact(
-                image_url=report.data_url(ref.path / "loss.png"), key=f"{key}-loss", description=f"{ref.path}/loss.png"
-            )
+    for (name, seed), ref in refs.items():
+        trained.setdefault(name, {})[seed] = ref
+        key = f"train-{name.replace('_', '-')}-seed{seed}"
+        _publish(key, "train", ref.path)
+        create_image_artifact(
+            image_url=report.data_url(ref.path / "loss.png"), key=f"{key}-loss", description=f"{ref.path}/loss.png"
+        )
 
     base_model = next(iter(config.students.values())).train.base_model
-    local = [t for t in config.sample.teachers if t.backend == "vllm"]  # served teachers are not re-scored
-    models: dict[str, dict[int | None, tuple[Path, str, str]]] = {
-        ("teacher" if len(local) == 1 else f"teacher-{t.name}"): {
-            None: (Path(t.model), teacher_fps[t.name], config.teacher_eval_template)
-        }
-        for t in local
-    }
-    models["untrained"] = {None: (base_model, path_fingerprint(base_model), config.student_eval.template)}
+    models = reference_models(config, config.sample.teachers, teacher_fps, base_model)
     for name, runs in trained.items():
         models[name] = {seed: (r.input_path, r.fingerprint, config.student_eval.template) for seed, r in runs.items()}
-    evals: dict[str, dict[int | None, Path]] = {}
-    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
-    for name, runs in models.items():
-        evals[name] = {}
-        for seed, (model_dir, model_fp, template) in runs.items():
-            run_name = name if seed is None else f"{name}-seed{seed}"
-            settings = EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
-            evals[name][seed] = run_stage(
-                config, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
-            ).path
+    evals = evaluate_runs(config, models)
 
     n_questions = report.stage_summary(samples.path)["questions"]
     counts = report.data_counts(n_questions, samples.path, judged.path, selected.path)

@@ -3,10 +3,10 @@
     python -m flows.ui [--port 4200]
 
 Starts ``prefect server`` on 127.0.0.1 with the embedded runs' home (``.prefect/``, set by
-``mcckd.runtime``), so every ``make demo`` run shows there, then serves the ``demo`` and ``distill``
-flows as deployments from this process: a run started from the UI ("Run" on a deployment, with its
-parameters in a form) executes here, with the same stage store (``runs/store``) and caches as the
-command line. Ctrl-C stops both.
+``mcckd.runtime``), so every ``make demo`` run shows there, then serves the ``demo``, ``distill``,
+``sweep`` and ``demo-sweep`` flows as deployments from this process: a run started from the UI
+("Run" on a deployment, with its parameters in a form) executes here, with the same stage store
+(``runs/store``) and caches as the command line. Ctrl-C stops both.
 """
 
 from __future__ import annotations
@@ -49,11 +49,18 @@ def main() -> None:
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect's settings are first read below
         from prefect import serve
 
-        from flows.demo import demo
+        from flows.demo import demo, demo_sweep
         from flows.distill import distill
+        from flows.sweep import cot_sweep
 
         print(f"Prefect UI: http://127.0.0.1:{args.port}  (database: {os.environ['PREFECT_HOME']})", flush=True)
-        serve(demo.to_deployment(name="demo"), distill.to_deployment(name="distill"), print_starting_message=False)
+        deployments = [
+            demo.to_deployment(name="demo"),
+            distill.to_deployment(name="distill"),
+            cot_sweep.to_deployment(name="sweep"),
+            demo_sweep.to_deployment(name="demo-sweep"),
+        ]
+        serve(*deployments, print_starting_message=False)
     finally:
         server.terminate()
         server.wait(timeout=30)

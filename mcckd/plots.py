@@ -161,3 +161,52 @@ def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Pat
     ax.set_title(f"{teacher} - student accuracy gap (whiskers: student's 95% CI)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
+
+
+def plot_sweep_heatmaps(rows: list[dict], cells: list, test_set: str, path: Path) -> Path:
+    """Granularity x format accuracy of a CoT-factor sweep, one panel per (teacher, method); a cell
+    not run is blank. ``rows`` are ``mcckd.sweep.results`` rows, ``cells`` its ``Cell`` objects."""
+    plt = _pyplot()
+    teachers = list(dict.fromkeys(c.teacher for c in cells))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    formats = list(dict.fromkeys(c.cot_format for c in cells))
+    levels = sorted(dict.fromkeys(c.granularity for c in cells), key=_level_order)
+    acc = {(r["cell"], r["method"]): r["accuracy"][test_set] for r in rows}
+    fig, axes = plt.subplots(
+        len(teachers),
+        len(methods),
+        figsize=(1.0 + 1.6 * len(formats) * len(methods), 0.8 + 1.1 * len(levels) * len(teachers)),
+        squeeze=False,
+        layout="constrained",
+    )
+    image = None
+    for i, teacher in enumerate(teachers):
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            grid = np.full((len(levels), len(formats)), np.nan)
+            for c in cells:
+                if c.teacher == teacher and (c.name, method) in acc:
+                    a = acc[c.name, method]
+                    y, x = levels.index(c.granularity), formats.index(c.cot_format)
+                    grid[y, x] = a["mean"]
+                    low, high = a["ci95"]
+                    ink = "white" if a["mean"] < 0.6 else "black"  # readable on viridis' dark and light ends
+                    label = f"{a['mean']:.2f}\n[{low:.2f}, {high:.2f}]"
+                    ax.text(x, y, label, ha="center", va="center", fontsize=8, color=ink)
+            image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            ax.set_xticks(range(len(formats)), formats)
+            ax.set_yticks(range(len(levels)), levels)
+            ax.set_xlabel("CoT format")
+            ax.set_ylabel("granularity")
+            ax.set_title(f"{teacher} · {method}", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label=f"accuracy on {test_set}")
+    fig.suptitle(f"student accuracy on {test_set} by CoT supervision (mean over seeds [95% interval])")
+    return _save(fig, path)
+
+
+def _level_order(level: str) -> tuple[int, float | str]:
+    try:
+        return 0, float(level)
+    except ValueError:
+        return 1, level

@@ -122,7 +122,7 @@ def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) ->
         sets = sorted({s for r in by_seed.values() for s in r}, key=plots.set_order)
         metrics[model], ci95[model], unanswered[model] = {}, {}, {}
         for name in sets:
-            matrix = _aligned(model, name, [by_seed[seed] for seed in seeds])
+            matrix = aligned(model, name, [by_seed[seed] for seed in seeds])
             metrics[model][name] = float(matrix.mean()) if matrix.size else 0.0
             ci95[model][name] = list(stats.accuracy_interval(matrix))
             answered = np.stack([by_seed[seed][name][2] for seed in seeds])
@@ -138,8 +138,8 @@ def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) ->
             key = f"{model} - {baseline}"
             paired[key] = {}
             for name in metrics[model]:
-                a = _aligned(model, name, [runs[model][s] for s in common])
-                b = _aligned(baseline, name, [runs[baseline][s] for s in common])
+                a = aligned(model, name, [runs[model][s] for s in common])
+                b = aligned(baseline, name, [runs[baseline][s] for s in common])
                 paired[key][name] = stats.paired_comparison(a, b)
     seeds_run = {m: sorted(s for s in by_seed if s is not None) for m, by_seed in runs.items() if m in per_seed}
     return metrics | {
@@ -152,7 +152,7 @@ def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) ->
     }
 
 
-def _aligned(model: str, name: str, seed_runs: list[dict]) -> np.ndarray:
+def aligned(model: str, name: str, seed_runs: list[dict]) -> np.ndarray:
     """(seeds, questions) correctness with the questions in the same order for every seed."""
     ids = seed_runs[0][name][0]
     for r in seed_runs[1:]:

@@ -15,10 +15,13 @@ from mcckd.paths import PROJECT_ROOT
 
 def configure_local_runtime(root: Path = PROJECT_ROOT) -> None:
     cache = root / ".cache"
-    prefect_home = root / ".prefect"
+    prefect_home = Path(os.environ.get("PREFECT_HOME", root / ".prefect"))  # a test's or deployment's wins
     defaults = {
         "PREFECT_HOME": prefect_home,
         "PREFECT_LOCAL_STORAGE_PATH": prefect_home / "storage",
+        # Prefect 3.6 derives this one from ~/.prefect whatever PREFECT_HOME says, and warns when
+        # that folder is missing.
+        "PREFECT_SERVER_MEMO_STORE_PATH": prefect_home / "memo_store.toml",
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",

@@ -170,6 +170,7 @@ def _stage_task(stage: str, retries: int):
 
 
 sample_task = _stage_task("sample", retries=1)
+import_task = _stage_task("import", retries=0)
 judge_task = _stage_task("judge", retries=0)
 select_task = _stage_task("select", retries=0)
 materialize_task = _stage_task("materialize", retries=0)
@@ -178,6 +179,7 @@ evaluate_task = _stage_task("evaluate", retries=1)
 
 TASKS = {
     "sample": sample_task,
+    "import": import_task,
     "judge": judge_task,
     "select": select_task,
     "materialize": materialize_task,

@@ -130,7 +130,7 @@ class Block:
         if name.split(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"{name} is not in the slim image")
 sys.meta_path.insert(0, Block())
-import flows.distill, flows.stage, flows.redistill, flows.demo, flows.ui
+import flows.distill, flows.stage, flows.redistill, flows.demo, flows.ui, flows.sweep
 from mcckd.stages import STAGES
 for stage in ("judge", "select", "materialize"):
     STAGES[stage].module

@@ -19,30 +19,18 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
 
 from flows.demo import DemoSettings, demo_config, demo_questions
 from flows.distill import distill
 from mcckd.store import read_manifest
+from tests.prefect_runs import task_states
 
 pytestmark = pytest.mark.slow
 
 TINY = DemoSettings(
     train_questions=6, test_questions=3, num_samples=3, k=2, epochs=1, questions_per_batch=4, seeds=[0, 1]
 )
-
-
-def task_states(flow_state) -> dict[str, list[str]]:
-    """Task name -> state names of one flow run (its subflow-free task runs)."""
-    flow_run_id = flow_state.state_details.flow_run_id
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    states: dict[str, list[str]] = {}
-    for run in runs:
-        states.setdefault(run.name.split("-")[0], []).append(run.state.name)
-    return states
 
 
 def artifacts(key: str) -> list:

@@ -42,15 +42,15 @@ def test_ui_serves_demo_and_distill_on_the_projects_database(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     try:
         deadline, names = time.time() + 180, []
-        while time.time() < deadline and sorted(names) != ["demo", "distill"]:
+        while time.time() < deadline and sorted(names) != ["demo", "demo-sweep", "distill", "sweep"]:
             assert ui.poll() is None, ui.stdout.read()
             with contextlib.suppress(OSError):
                 names = [d["name"] for d in post(f"{api}/deployments/filter", {})]
             time.sleep(1)
-        assert sorted(names) == ["demo", "distill"]
+        assert sorted(names) == ["demo", "demo-sweep", "distill", "sweep"]
         assert (home / "prefect.db").is_file()  # the server's database is the given home's
         flows = {f["name"] for f in post(f"{api}/flows/filter", {})}
-        assert flows == {"demo", "distill"}
+        assert flows == {"demo", "demo-sweep", "distill", "sweep"}
     finally:
         os.killpg(ui.pid, signal.SIGINT)
         try:

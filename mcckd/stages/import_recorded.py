@@ -8,6 +8,11 @@ naming the file, the row and the field. Content problems (an empty or enormous r
 that is not an answer) are imported as they are and get their verdict, with a reason, from the judge.
 Values a file cannot know (token counts, sampling parameters) are -1.
 
+Files without gold answers (arXiv 2502.18001's) take them from an optional ``labels`` input: any
+file of questions with answers in the same formats, joined on the question text (whitespace and
+case aside). A row's own label wins; a question found in neither keeps no label, and the judge
+gives it ``no_gold_answer``.
+
 Question ids come from an ``id`` field, else from the file name and row. Rows sharing an ``id`` are
 one question (one rationale per row is a common export format): they must agree on the question and
 the label, and their rationales are numbered in file order. A row with an empty ``output`` list gets
@@ -28,7 +33,7 @@ from tqdm.auto import tqdm
 from data_schemas import REJECTIONS, SAMPLES, InputError, rejection, write_table
 from mcckd.store import path_fingerprint
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 FORMATS = (".json", ".jsonl", ".parquet")
 
 FIELD_NAMES = {
@@ -118,13 +123,43 @@ def _label_text(label: str | float | None) -> str:
     return str(label)
 
 
-def run(settings: ImportSettings, out_dir: Path, recorded: Path) -> dict:
+def question_key(question: str) -> str:
+    """What two copies of one question share: the words, whatever their spacing and case."""
+    return " ".join(question.split()).casefold()
+
+
+def read_labels(path: Path) -> dict[str, str]:
+    """Gold answers by question (:func:`question_key`); one question with two answers is an error."""
+    labels: dict[str, tuple[int, str]] = {}
+    for i, row in enumerate(read_records(path)):
+        if not isinstance(row, dict):
+            raise RecordedDataError(f"{path}: row {i}: expected an object, got {type(row).__name__}")
+        question = field_value(path, i, row, "question", required=True)
+        label = field_value(path, i, row, "answer", required=True)
+        if not isinstance(question, str):
+            raise RecordedDataError(f"{path}: row {i}: field 'instruction' must be text, got {type(question).__name__}")
+        if not isinstance(label, str | int | float):
+            kind = type(label).__name__
+            raise RecordedDataError(f"{path}: row {i}: field 'label' must be text or a number, got {kind}")
+        answer = _label_text(label)
+        key = question_key(question)
+        first, seen = labels.setdefault(key, (i, answer))
+        if seen != answer:
+            raise RecordedDataError(f"{path}: row {i}: field 'label': {answer!r}, but row {first} gave {seen!r}")
+    return {key: answer for key, (_, answer) in labels.items()}
+
+
+def run(settings: ImportSettings, out_dir: Path, recorded: Path, labels: Path | None = None) -> dict:
     records = read_records(recorded)
+    gold = read_labels(labels) if labels is not None else {}
+    filled = 0
     fp = path_fingerprint(recorded)
     rows, ledger = [], []
     questions: dict[str, tuple[int, str, str, int]] = {}  # id -> (first row, question, label, rationales so far)
     for i, record in enumerate(tqdm(records, desc="import", unit="row")):
         qid, question, answer, texts = read_record(recorded, i, record)
+        if not answer and question_key(question) in gold:
+            answer, filled = gold[question_key(question)], filled + 1
         first, seen_question, seen_answer, offset = questions.get(qid, (i, question, answer, 0))
         for field, value, seen in (("instruction", question, seen_question), ("label", answer, seen_answer)):
             if value != seen:
@@ -166,4 +201,6 @@ def run(settings: ImportSettings, out_dir: Path, recorded: Path) -> dict:
         "rejected": len(ledger),
         "questions": len(questions),
         "samples": len(rows),
+        "labels_filled": filled,
+        "unlabelled_questions": sum(not label for _, _, label, _ in questions.values()),
     }

@@ -1,0 +1,272 @@
+"""The CoT-factor sweep's figures (arXiv 2502.18001): per-cell data statistics, accuracies with
+intervals, the best cell per student method against its runner-up, heatmaps and the report.
+
+A *cell* is one source of rationales: a teacher prompted in one CoT format at one granularity, or a
+recorded file labelled with them. Every (cell, method) is trained with each of the method's seeds
+and evaluated on every test set. Everything here reads stage folders, so a sweep's report can be
+rebuilt from its store without running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from mcckd import report, stats
+from mcckd.store import read_manifest
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One source of rationales and the two CoT factors it stands for."""
+
+    teacher: str
+    cot_format: str
+    granularity: str
+    recorded: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}/{self.cot_format}-{self.granularity}"
+
+
+@dataclass
+class CellData:
+    """The stage folders that made one cell's training set."""
+
+    cell: Cell
+    source: Path  # sample or import
+    judge: Path
+    select: Path
+    trainset: Path
+
+
+@dataclass
+class CellRuns:
+    """One (cell, method): its training and evaluation folders per seed."""
+
+    cell: Cell
+    method: str
+    train: dict[int, Path] = field(default_factory=dict)
+    evaluate: dict[int, Path] = field(default_factory=dict)
+
+
+def data_statistics(data: CellData, tokenizer) -> dict:
+    """What the cell's data is: rationales kept, their mean length in student tokens, diversity,
+    the teacher's accuracy on the questions, and what the rationales cost to generate."""
+    source, judged = read_manifest(data.source)["summary"], report.stage_summary(data.judge)
+    selected, trainset = report.stage_summary(data.select), report.stage_summary(data.trainset)
+    rows = pq.read_table(data.trainset / "train.parquet", columns=["rationales"]).column(0).to_pylist()
+    texts = [t for group in rows for t in group]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    verdicts = pq.read_table(data.judge / "judged.parquet", columns=["question_id", "verdict"]).to_pylist()
+    answered = {r["question_id"] for r in verdicts if r["verdict"] == "correct"}
+    questions = len({r["question_id"] for r in verdicts})
+    # A rationale whose question has no usable gold answer says nothing about the teacher.
+    gradable = judged["samples"] - sum(judged["verdicts"].get(v, 0) for v in ("no_gold_answer", "bad_label"))
+    return {
+        "cell": data.cell.name,
+        "teacher": data.cell.teacher,
+        "cot_format": data.cell.cot_format,
+        "granularity": data.cell.granularity,
+        "source": "recorded" if data.cell.recorded else "sampled",
+        "questions": questions,
+        "rationales": judged["samples"],
+        "teacher_accuracy": judged["correct"] / gradable if gradable else None,
+        "ungraded": judged["samples"] - gradable,
+        "questions_with_a_correct_rationale": len(answered) / questions if questions else None,
+        "kept_rationales": trainset["rationales"],
+        "trainset_questions": trainset["questions"],
+        "mean_tokens": statistics.fmean(lengths) if lengths else None,
+        "diversity_mean_max_similarity": selected["mean_max_similarity"],
+        "teacher_tokens_generated": source.get("generated_tokens"),  # None: recorded, nothing generated here
+    }
+
+
+def run_name(runs: CellRuns) -> str:
+    return f"{runs.cell.name} {runs.method}"
+
+
+def correctness_matrix(runs: CellRuns, test_set: str, seeds: list[int]) -> np.ndarray:
+    """(seeds, questions) correctness of one (cell, method) on one test set, questions in file order."""
+    return report.aligned(run_name(runs), test_set, [report.correctness(runs.evaluate[s]) for s in seeds])
+
+
+def results(all_runs: list[CellRuns], test_sets: list[str]) -> list[dict]:
+    """One row per (cell, method): accuracy per test set (mean over seeds, sd, interval, per seed)
+    and the training time."""
+    rows = []
+    for runs in all_runs:
+        seeds = sorted(runs.evaluate)
+        row = {"cell": runs.cell.name, "method": runs.method, "seeds": seeds, "accuracy": {}}
+        for name in test_sets:
+            matrix = correctness_matrix(runs, name, seeds)
+            per_seed = [float(m.mean()) for m in matrix]
+            row["accuracy"][name] = {
+                "mean": float(matrix.mean()) if matrix.size else 0.0,
+                "sd": statistics.stdev(per_seed) if len(per_seed) > 1 else None,
+                "ci95": list(stats.accuracy_interval(matrix)),
+                "per_seed": per_seed,
+            }
+        row["train_seconds"] = sum(report.stage_summary(d)["seconds"] for d in runs.train.values())
+        rows.append(row)
+    return rows
+
+
+def result_rows(rows: list[dict]) -> list[dict]:
+    """The results flattened for a table artifact: one column per test set."""
+    out = []
+    for r in rows:
+        flat = {"cell": r["cell"], "method": r["method"], "seeds": len(r["seeds"])}
+        for name, a in r["accuracy"].items():
+            flat[name] = f"{a['mean']:.3f} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"
+        out.append(flat | {"train_seconds": round(r["train_seconds"])})
+    return out
+
+
+def best_cells(all_runs: list[CellRuns], rows: list[dict], test_sets: list[str]) -> list[dict]:
+    """Per method and test set: the best cell, the runner-up, and the paired comparison of the two on
+    the seeds both ran (the same questions)."""
+    out = []
+    by_key = {(r.cell.name, r.method): r for r in all_runs}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        ranked_rows = [r for r in rows if r["method"] == method]
+        for name in test_sets:
+            ranked = sorted(ranked_rows, key=lambda r, n=name: -r["accuracy"][n]["mean"])
+            best = ranked[0]
+            entry = {"method": method, "test_set": name, "best": best["cell"], "accuracy": best["accuracy"][name]}
+            if len(ranked) > 1:
+                second = ranked[1]
+                a, b = by_key[best["cell"], method], by_key[second["cell"], method]
+                common = sorted(set(a.evaluate) & set(b.evaluate))
+                entry["runner_up"] = second["cell"]
+                entry["runner_up_accuracy"] = second["accuracy"][name]
+                entry["paired"] = stats.paired_comparison(
+                    correctness_matrix(a, name, common), correctness_matrix(b, name, common)
+                )
+            out.append(entry)
+    return out
+
+
+def recommendation(best: list[dict], rank_on: str) -> list[str]:
+    """Plain words per method: which cell to distil with, judged on ``rank_on``, and whether the
+    data can tell it from the runner-up."""
+    lines = []
+    for entry in (e for e in best if e["test_set"] == rank_on):
+        acc = entry["accuracy"]
+        head = f"For {entry['method']}, distil with {entry['best']} ({acc['mean']:.3f} on {rank_on}"
+        if "paired" not in entry:
+            lines.append(head + "; the only cell).")
+            continue
+        p = entry["paired"]
+        comparison = stats.describe_comparison(f"{entry['best']} - {entry['runner_up']}", rank_on, p)
+        if p["significant"]:
+            advice = f"it is the better supervision for this student. {comparison}"
+        else:
+            advice = (
+                f"but it is not clearly better than {entry['runner_up']}: choose either (the cheaper one), "
+                f"or add seeds or test questions to separate them. {comparison}"
+            )
+        lines.append(f"{head}): {advice}")
+    return lines
+
+
+def heatmap_file(test_set: str) -> str:
+    return f"heatmap_{test_set}.png"
+
+
+def _fmt(x: float | int | None, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def data_table(stats_rows: list[dict]) -> str:
+    header = (
+        "| cell | source | questions | teacher accuracy | kept rationales | mean tokens | diversity "
+        "| teacher tokens |\n|---|---|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [
+        f"| {r['cell']} | {r['source']} | {r['questions']} | {_fmt(r['teacher_accuracy'])} | {r['kept_rationales']} "
+        f"| {_fmt(r['mean_tokens'], 1)} | {_fmt(r['diversity_mean_max_similarity'])} "
+        f"| {_fmt(r['teacher_tokens_generated'])} |"
+        for r in stats_rows
+    ]
+    return "\n".join([header, *lines])
+
+
+def accuracy_table(rows: list[dict], test_sets: list[str]) -> str:
+    lines = [
+        "| cell | method | seeds | " + " | ".join(test_sets) + " | train s |",
+        "|---|---|---:|" + "---:|" * (len(test_sets) + 1),
+    ]
+    for r in rows:
+        cells = []
+        for name in test_sets:
+            a = r["accuracy"][name]
+            spread = f" ± {a['sd']:.3f}" if a["sd"] is not None else ""
+            cells.append(f"{a['mean']:.3f}{spread} [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]")
+        lines.append(
+            f"| {r['cell']} | {r['method']} | {len(r['seeds'])} | "
+            + " | ".join(cells)
+            + f" | {r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def best_table(best: list[dict]) -> str:
+    lines = [
+        "| method | test set | best cell | accuracy | runner-up | accuracy | difference [95% interval] | p |",
+        "|---|---|---|---:|---|---:|---:|---:|",
+    ]
+    for e in best:
+        if "paired" in e:
+            p = e["paired"]
+            diff = f"{p['difference']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]"
+            tail = f"{e['runner_up']} | {e['runner_up_accuracy']['mean']:.3f} | {diff} | {p['p_value']:.3g}"
+        else:
+            tail = "— | | | "
+        lines.append(f"| {e['method']} | {e['test_set']} | {e['best']} | {e['accuracy']['mean']:.3f} | {tail} |")
+    return "\n".join(lines)
+
+
+def write_report(report_dir: Path, plan: list[dict], summary: dict) -> Path:
+    """sweep.json and sweep.md (with the heatmaps already written beside them)."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "sweep.json").write_text(json.dumps(summary | {"plan": plan}, indent=2, default=str))
+    test_sets = summary["test_sets"]
+    parts = ["# CoT-factor sweep", "", "## Recommendation", ""]
+    parts += [f"- {line}" for line in summary["recommendation"]] or ["No student was trained: data statistics only."]
+    parts += ["", "## Data per cell", "", data_table(summary["data"]), ""]
+    parts += [
+        "Teacher accuracy: the share of the cell's gradable rationales (their question has a gold answer) "
+        "the judge read as correct. Mean tokens: the kept "
+        "rationales in the student's tokens. Diversity: mean of each kept rationale's highest word-trigram "
+        "Jaccard similarity to the others of its question (lower is more diverse). Teacher tokens: generated "
+        "for this cell (n/a: recorded data).",
+        "",
+    ]
+    if summary["results"]:
+        parts += ["## Students", "", accuracy_table(summary["results"], test_sets), ""]
+        parts += ["Mean over seeds (± sd over seeds) [95% interval: Wilson for one seed, bootstrap over seeds "]
+        parts += ["and questions for several]; an unanswered question counts as wrong.", ""]
+        parts += ["## Best cell per method, against the runner-up", "", best_table(summary["best"]), ""]
+        for name in test_sets:
+            parts += [f"![{name}]({heatmap_file(name)})", ""]
+    if summary["left_out"]:
+        parts += ["## Left out", ""] + [f"- {item}" for item in summary["left_out"]] + [""]
+    parts += ["## Plan", "", plan_table(plan)]
+    path = report_dir / "sweep.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
+
+
+def plan_table(plan: list[dict]) -> str:
+    lines = ["| stage | what | fingerprint | state |", "|---|---|---|---|"]
+    lines += [f"| {p['stage']} | {p['what']} | `{p['fingerprint']}` | {p['state']} |" for p in plan]
+    return "\n".join(lines)
