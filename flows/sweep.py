@@ -237,7 +237,7 @@ def cot_sweep(config: SweepConfig) -> dict:
         data[cell] = sweep.CellData(cell, source_ref.path, judged.path, selected.path, trainsets[cell].path)
     tokenizer = _tokenizer(config)
     data_rows = [sweep.data_statistics(d, tokenizer) for d in data.values()]
-    empty = {d.cell for d in data.values() if report.stage_summary(d.trainset)["questions"] == 0}
+    empty = [d.cell for d in data.values() if report.stage_summary(d.trainset)["questions"] == 0]  # in cell order
     left_out += [f"{c.name}: no training data (every rationale was rejected; see its ledger)" for c in empty]
     runs = [r for r in runs if r[0] not in empty]
 

@@ -121,3 +121,41 @@ def test_gsm8k_extraction_agrees_with_predict_field():
 def test_csqa_labels_are_choices():
     rows = json.loads((SHARED_DATA / "mcckd" / "CSQA" / "dev.json").read_text())
     assert all(answers_match(extract_answer(f"So the answer is ({r['label']}).", "choice"), r["label"]) for r in rows)
+
+
+def test_a_labels_file_fills_missing_gold_answers_by_question_text(tmp_path):
+    rows = [
+        {"instruction": "How many  apples?", "output": "2 + 2 = 4. The answer is 4"},  # label from the file
+        {"instruction": "How many pears?", "output": "The answer is 3", "label": "3"},  # its own label wins
+        {"instruction": "How many plums?", "output": "The answer is 5"},  # in no file: no gold answer
+    ]
+    labels = write_json(
+        tmp_path / "labels.json",
+        [{"question": "how many apples?", "answer": 4}, {"question": "How many pears?", "answer": "9"}],
+    )
+    execute(
+        "import",
+        ImportSettings(),
+        tmp_path / "imp",
+        {"recorded": write_json(tmp_path / "r.json", rows), "labels": labels},
+    )
+    imported = pq.read_table(tmp_path / "imp" / "samples.parquet").to_pylist()
+    assert [r["answer"] for r in imported] == ["4", "3", ""]
+    summary = json.loads((tmp_path / "imp" / "manifest.json").read_text())["summary"]
+    assert summary["labels_filled"] == 1 and summary["unlabelled_questions"] == 1
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
+    verdicts = [r["verdict"] for r in pq.read_table(tmp_path / "jud" / "judged.parquet").to_pylist()]
+    assert verdicts == ["correct", "correct", "no_gold_answer"]
+
+
+def test_a_labels_file_with_two_answers_for_one_question_names_both_rows(tmp_path):
+    labels = write_json(
+        tmp_path / "labels.json",
+        [{"question": "Q?", "answer": 1}, {"question": "x"}, {"question": " q? ", "answer": 2}],
+    )
+    recorded = write_json(tmp_path / "r.json", [{"instruction": "Q?", "output": "The answer is 1"}])
+    with pytest.raises(RecordedDataError, match=r"labels\.json: row 1: missing field 'label' or 'answer'"):
+        execute("import", ImportSettings(), tmp_path / "out", {"recorded": recorded, "labels": labels})
+    write_json(labels, [{"question": "Q?", "answer": 1}, {"question": " q? ", "answer": 2}])
+    with pytest.raises(RecordedDataError, match=r"labels\.json: row 1: field 'label': '2', but row 0 gave '1'"):
+        execute("import", ImportSettings(), tmp_path / "out", {"recorded": recorded, "labels": labels})

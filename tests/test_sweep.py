@@ -162,3 +162,32 @@ def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(pref
     assert sorted(states["train"]) == ["Cached"] * 4 + ["Completed"] * 2
     assert sorted(states["evaluate"]) == ["Cached"] * 6 + ["Completed"] * 2
     assert len(second.result()["results"]) == 6
+
+
+def test_cells_without_usable_rationales_are_reported_not_trained(prefect_harness, tmp_path):
+    """Degenerate cells: a file with no rows, and one whose every rationale is rejected (no gold answer)."""
+    empty, unlabelled = tmp_path / "empty.json", tmp_path / "unlabelled.json"
+    empty.write_text("[]")
+    unlabelled.write_text(json.dumps([{"instruction": "Q?", "output": "The answer is 1"}] * 2))
+    base = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
+    config = SweepConfig(
+        store=tmp_path / "store",
+        report_dir=tmp_path / "report",
+        test_sets={"id": base.test_sets["id"]},
+        recorded=[
+            RecordedCell(file=empty, teacher="t", cot_format="plain", granularity="1"),
+            RecordedCell(file=unlabelled, teacher="t", cot_format="plain", granularity="2"),
+        ],
+        methods={"std_cot": base.methods["std_cot"]},
+    )
+    state = cot_sweep(config, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert [r["questions"] for r in summary["data"]] == [0, 2]
+    assert [r["kept_rationales"] for r in summary["data"]] == [0, 0]
+    assert summary["data"][1]["ungraded"] == 2 and summary["data"][1]["teacher_accuracy"] is None
+    assert summary["left_out"] == [
+        "t/plain-1: no training data (every rationale was rejected; see its ledger)",
+        "t/plain-2: no training data (every rationale was rejected; see its ledger)",
+    ]
+    assert summary["results"] == [] and "train" not in task_states(state) and "evaluate" not in task_states(state)
