@@ -103,7 +103,7 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
 
 class DemoSweep(BaseModel):
     """The demo world's CoT-factor sweep: the demo teacher in 2 formats x 2 granularities, Std-CoT and
-    MCC-KD, 2 seeds each; smaller than the demo so that its 16 trainings fit a CPU machine."""
+    MCC-KD, 2 seeds each; half the demo's questions and 12 epochs, so that its 16 trainings fit a CPU machine."""
 
     train_questions: int = 300
     test_questions: int = 100
@@ -113,7 +113,7 @@ class DemoSweep(BaseModel):
     extra_cells: list[tuple[str, str]] = Field([], description="(format, granularity) cells beyond the grid")
     num_samples: int = 3
     k: int = 2
-    epochs: int = 6
+    epochs: int = 12
     alpha: float = 0.05
     learning_rate: float = 2e-3
     seeds: list[int] = [0, 1]

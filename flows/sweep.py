@@ -312,6 +312,10 @@ def main() -> None:
     group.add_argument("--demo", action="store_true", help="the demo world's sweep (flows/demo.py: demo_sweep_config)")
     parser.add_argument("--extra-cell", nargs=2, metavar=("FORMAT", "GRANULARITY"), help="--demo: one more cell")
     args = parser.parse_args()
+    # Run as ``python -m flows.sweep`` this module is ``__main__``; the flow and its config class
+    # must be the importable ones that demo_sweep_config builds (and Prefect validates against).
+    from flows.sweep import SweepConfig, cot_sweep
+
     if args.demo:
         from flows.demo import DemoSweep, demo_sweep_config
 

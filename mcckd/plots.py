@@ -193,6 +193,8 @@ def plot_sweep_heatmaps(rows: list[dict], cells: list, test_set: str, path: Path
                     ink = "white" if a["mean"] < 0.6 else "black"  # readable on viridis' dark and light ends
                     label = f"{a['mean']:.2f}\n[{low:.2f}, {high:.2f}]"
                     ax.text(x, y, label, ha="center", va="center", fontsize=8, color=ink)
+            for y, x in zip(*np.nonzero(np.isnan(grid)), strict=True):
+                ax.text(x, y, "not run", ha="center", va="center", fontsize=8, color="grey")
             image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(formats)), formats)
             ax.set_yticks(range(len(levels)), levels)

@@ -64,11 +64,12 @@ def data_statistics(data: CellData, tokenizer) -> dict:
     rows = pq.read_table(data.trainset / "train.parquet", columns=["rationales"]).column(0).to_pylist()
     texts = [t for group in rows for t in group]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    verdicts = pq.read_table(data.judge / "judged.parquet", columns=["question_id", "verdict"]).to_pylist()
-    answered = {r["question_id"] for r in verdicts if r["verdict"] == "correct"}
-    questions = len({r["question_id"] for r in verdicts})
+    verdicts = teacher_verdicts(data.judge)
+    answered = {qid for qid, verdict in verdicts if verdict == "correct"}
+    questions = len({qid for qid, _ in verdicts})
     # A rationale whose question has no usable gold answer says nothing about the teacher.
-    gradable = judged["samples"] - sum(judged["verdicts"].get(v, 0) for v in ("no_gold_answer", "bad_label"))
+    gradable = sum(verdict not in ("no_gold_answer", "bad_label") for _, verdict in verdicts)
+    correct = sum(verdict == "correct" for _, verdict in verdicts)
     return {
         "cell": data.cell.name,
         "teacher": data.cell.teacher,
@@ -77,7 +78,7 @@ def data_statistics(data: CellData, tokenizer) -> dict:
         "source": "recorded" if data.cell.recorded else "sampled",
         "questions": questions,
         "rationales": judged["samples"],
-        "teacher_accuracy": judged["correct"] / gradable if gradable else None,
+        "teacher_accuracy": correct / gradable if gradable else None,
         "ungraded": judged["samples"] - gradable,
         "questions_with_a_correct_rationale": len(answered) / questions if questions else None,
         "kept_rationales": trainset["rationales"],
@@ -86,6 +87,23 @@ def data_statistics(data: CellData, tokenizer) -> dict:
         "diversity_mean_max_similarity": selected["mean_max_similarity"],
         "teacher_tokens_generated": source.get("generated_tokens"),  # None: recorded, nothing generated here
     }
+
+
+def teacher_verdicts(judge_dir: Path) -> list[tuple[str, str]]:
+    """(question, verdict) of every sample, a duplicate taking the verdict of the rationale it repeats:
+    the judge sets repeats aside before reading them, but the teacher did write them (terse styles
+    repeat themselves most), so leaving them out would skew the teacher's accuracy."""
+    rows = pq.read_table(judge_dir / "judged.parquet", columns=["question_id", "rationale", "verdict"]).to_pylist()
+    first = {}
+    for r in rows:
+        if r["verdict"] != "duplicate":
+            first.setdefault((r["question_id"], " ".join(r["rationale"].split())), r["verdict"])
+    return [
+        (r["question_id"], first.get((r["question_id"], " ".join(r["rationale"].split())), r["verdict"]))
+        if r["verdict"] == "duplicate"
+        else (r["question_id"], r["verdict"])
+        for r in rows
+    ]
 
 
 def run_name(runs: CellRuns) -> str:

@@ -123,6 +123,8 @@ def run_here(
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
             if bar is not None:
+                if child.returncode == 0:  # the last progress.json may predate the end
+                    bar.update(bar.total - bar.n)
                 bar.close()
     if code != 0 or not is_complete(Path(out_dir)):
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
