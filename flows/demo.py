@@ -69,6 +69,23 @@ def demo_questions(store: Path, n_train: int, n_test: int, seed: int) -> Path:
     return out
 
 
+DEMO_TEACHER = TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)
+
+
+def demo_test_sets(questions: Path) -> dict[str, Path]:
+    return {split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")}
+
+
+def demo_methods(loop: TrainConfig, alpha: float, seeds: list[int]) -> dict[str, StudentMethod]:
+    """Std-CoT and MCC-KD (at ``alpha``) on the demo student base, each with ``seeds``."""
+    return {
+        name: StudentMethod(
+            train=TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": a})), seeds=seeds
+        )
+        for name, a in (("std_cot", 0.0), ("mcc_kd", alpha))
+    }
+
+
 def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir: Path) -> DistillConfig:
     loop = TrainConfig(
         epochs=settings.epochs,
@@ -80,22 +97,16 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
         store=store,
         report_dir=report_dir,
         train_questions=questions / "train.parquet",
-        test_sets={split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")},
+        test_sets=demo_test_sets(questions),
         sample=SampleSettings(
-            teachers=[TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)],
+            teachers=[DEMO_TEACHER],
             prompts=[PromptSpec(cot_format=fmt, granularity=level) for fmt, level in settings.cot_styles],
             num_samples=settings.num_samples,
             sampling=Sampling(temperature=settings.temperature),
             seed=settings.data_seed,
         ),
         select=SelectSettings(k=settings.k),
-        students={
-            name: StudentMethod(
-                train=TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": alpha})),
-                seeds=settings.seeds,
-            )
-            for name, alpha in (("std_cot", 0.0), ("mcc_kd", settings.alpha))
-        },
+        students=demo_methods(loop, settings.alpha, settings.seeds),
         student_eval=StudentEval(samples=settings.eval_samples, vllm=SMALL_ENGINE),
         parallel_trains=settings.parallel_trains,
     )
@@ -135,8 +146,8 @@ def demo_sweep_config(
         store=store,
         report_dir=report_dir,
         train_questions=questions / "train.parquet",
-        test_sets={split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")},
-        teachers=[TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)],
+        test_sets=demo_test_sets(questions),
+        teachers=[DEMO_TEACHER],
         cot_formats=settings.cot_formats,
         granularities=settings.granularities,
         extra_cells=settings.extra_cells,
@@ -144,13 +155,7 @@ def demo_sweep_config(
         sampling=Sampling(temperature=0.8),
         seed=settings.data_seed,
         select=SelectSettings(k=settings.k),
-        methods={
-            name: StudentMethod(
-                train=TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": alpha})),
-                seeds=settings.seeds,
-            )
-            for name, alpha in (("std_cot", 0.0), ("mcc_kd", settings.alpha))
-        },
+        methods=demo_methods(loop, settings.alpha, settings.seeds),
         student_eval=StudentEval(vllm=SMALL_ENGINE),
         parallel_trains=settings.parallel_trains,
         budget=settings.budget,
