@@ -19,7 +19,7 @@ from prefect import flow
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 from prefect.states import State
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from tqdm.auto import tqdm
 
 from mcckd import report
@@ -96,9 +96,23 @@ class RunConfig(BaseModel):
 class DistillConfig(RunConfig):
     train_questions: Path
     sample: SampleSettings
-    students: dict[str, StudentMethod] = Field(
-        description="name -> method and seeds, e.g. std_cot, mcc_kd; the first is the baseline of paired comparisons"
+    students: dict[str, StudentMethod] = Field(description="name -> method and seeds, e.g. std_cot, mcc_kd")
+    baseline: str | None = Field(
+        None,
+        description="the method every other is compared with; default: the one trained without consistency "
+        "(alpha 0), else the first (a deployment's parameters need not keep the order written)",
     )
+
+    @model_validator(mode="after")
+    def _baseline(self) -> DistillConfig:
+        if self.baseline is not None and self.baseline not in self.students:
+            raise ValueError(f"baseline {self.baseline!r} is not a student method ({sorted(self.students)})")
+        return self
+
+    @property
+    def baseline_method(self) -> str:
+        plain = [name for name, m in self.students.items() if m.train.loop.alpha == 0]
+        return self.baseline or (plain[0] if plain else next(iter(self.students)))
 
 
 class Ref(NamedTuple):
@@ -319,7 +333,7 @@ def distill(config: DistillConfig) -> dict:
 
     n_questions = report.stage_summary(samples.path)["questions"]
     counts = report.data_counts(n_questions, samples.path, judged.path, selected.path)
-    metrics = report.build_metrics(evals, counts, baseline=next(iter(config.students)))
+    metrics = report.build_metrics(evals, counts, baseline=config.baseline_method)
     stage_dirs = {"sample": samples.path, "judge": judged.path, "select": selected.path, "materialize": trainset.path}
     train_dirs = {name: {seed: r.path for seed, r in runs.items()} for name, runs in trained.items()}
     for name, runs in train_dirs.items():
@@ -332,7 +346,8 @@ def distill(config: DistillConfig) -> dict:
         table=report.accuracy_rows(metrics),
         description="accuracy per test set (mean over seeds) with its 95% interval",
     )
-    create_markdown_artifact(key="distill-report", markdown=path.read_text(), description=str(path))
+    markdown = report.inline_images(path.read_text(), config.report_dir)
+    create_markdown_artifact(key="distill-report", markdown=markdown, description=str(path))
     for plot in report.PLOTS:
         create_image_artifact(
             image_url=report.data_url(config.report_dir / plot),

@@ -287,7 +287,8 @@ def cot_sweep(config: SweepConfig) -> dict:
 
     create_table_artifact(key="sweep-data", table=data_rows, description="per cell: the training set it made")
     create_table_artifact(key="sweep-results", table=sweep.result_rows(results), description="per (cell, method)")
-    create_markdown_artifact(key="sweep-report", markdown=path.read_text(), description=str(path))
+    markdown = report.inline_images(path.read_text(), config.report_dir)
+    create_markdown_artifact(key="sweep-report", markdown=markdown, description=str(path))
     if results:
         for name in test_sets:
             create_image_artifact(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -256,6 +257,17 @@ def sample_rationales(select_dir: Path, limit: int = 2) -> str:
 def data_url(png: Path) -> str:
     """A PNG as a data URL: an image artifact the Prefect UI shows without a file server."""
     return "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """The report with its ``![..](name.png)`` images as data URLs: the Prefect UI shows a markdown
+    artifact on its own, where the files beside report.md are not reachable."""
+
+    def embed(match: re.Match) -> str:
+        png = folder / match.group(2)
+        return f"![{match.group(1)}]({data_url(png)})" if png.is_file() else match.group(0)
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", embed, markdown)
 
 
 def write_plots(report_dir: Path, metrics: dict, train_dirs: dict[str, dict[int, Path]]) -> None:

@@ -125,6 +125,7 @@ def run_here(
             if bar is not None:
                 if child.returncode == 0:  # the last progress.json may predate the end
                     bar.update(bar.total - bar.n)
+                    report_progress(stage, {"done": bar.total, "total": bar.total}, artifact)
                 bar.close()
     if code != 0 or not is_complete(Path(out_dir)):
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:]
@@ -151,9 +152,9 @@ def read_progress(path: Path) -> dict | None:
 def report_progress(stage: str, record: dict, artifact: UUID | None) -> UUID | None:
     """Mirror the child's progress into a Prefect progress artifact (percent done)."""
     percent = 100.0 * record["done"] / max(1, record["total"])
-    if artifact is None:
-        what = f"{record['done']}/{record['total']} {record.get('unit', '')}".strip()
-        return create_progress_artifact(percent, key=f"{stage}-progress", description=f"{stage}: {what}")
+    if artifact is None:  # the description stays as created: name the whole, not the part done
+        what = f"{record['total']} {record.get('unit', '')}".strip()
+        return create_progress_artifact(percent, key=f"{stage}-progress", description=f"{stage}: {what} in all")
     update_progress_artifact(artifact, percent)
     return artifact
 

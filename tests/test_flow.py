@@ -193,4 +193,4 @@ def test_stage_progress_file_becomes_a_progress_artifact(prefect_harness, tmp_pa
     watch()
     [artifact] = artifacts("watched-progress")
     assert artifact.type == "progress" and float(artifact.data) == 75.0
-    assert artifact.description == "watched: 1/4 shards"
+    assert artifact.description == "watched: 4 shards in all"  # created at 1 of 4, read at 3

@@ -231,7 +231,7 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
         [report_artifact] = [a for a in artifacts if a["key"] == "distill-report"]
         pages = {
             f"/runs/flow-run/{first['id']}?tab=Artifacts": shots / "flow-run-artifacts.png",
-            f"/runs/artifact/{report_artifact['id']}": shots / "report-artifact.png",
+            f"/artifacts/artifact/{report_artifact['id']}": shots / "report-artifact.png",
         }
         screenshot(api.removesuffix("/api"), pages)
     [accuracy] = [a for a in artifacts if a["key"] == "accuracy"]
@@ -271,6 +271,11 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
     events = request(f"{api}/events/filter", {"filter": {"event": {"name": ["mcckd.teacher.updated"]}}})
     [event] = events["events"]
     assert event["resource"]["prefect.resource.id"] == "mcckd.teacher.demo-teacher"
+
+
+# Clicks the tab with this label (the UI's tabs are <li class="p-tab">; a ?tab= in the first URL is
+# reset to the default tab while the page loads).
+CLICK_TAB = """[...document.querySelectorAll('li.p-tab')].find(e => e.textContent.trim() === %s)?.click()"""
 
 
 def screenshot(ui: str, pages: dict[str, Path]) -> None:
@@ -318,6 +323,10 @@ def screenshot(ui: str, pages: dict[str, Path]) -> None:
             for path, out in pages.items():
                 await call("Page.navigate", url=ui + path)
                 await asyncio.sleep(10)
+                if "tab=" in path:  # the tab named in the URL, clicked in case the router dropped the query
+                    tab = path.split("tab=")[1]
+                    await call("Runtime.evaluate", expression=CLICK_TAB % json.dumps(tab))
+                    await asyncio.sleep(5)
                 shot = await call("Page.captureScreenshot", format="png")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(base64.b64decode(shot["data"]))
