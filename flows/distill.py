@@ -40,11 +40,11 @@ from tasks.stages import TASKS
 class StudentEval(BaseModel):
     """How every model is decoded at evaluation (students and the base also share a template)."""
 
-    template: str = "student"
-    max_tokens: int = 192
+    template: str = Field("student", description="prompt template in prompts/ for the students and the base")
+    max_tokens: int = Field(192, ge=1, description="longest answer generated")
     samples: int = Field(1, ge=1, description="1 = greedy; n > 1 = self-consistency (majority vote over n)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of self-consistency")
-    vllm: VllmSettings = VllmSettings()
+    vllm: VllmSettings = Field(VllmSettings(), description="the evaluation engine (KV cache, dtype, parallelism)")
 
 
 class StudentMethod(BaseModel):
@@ -54,7 +54,7 @@ class StudentMethod(BaseModel):
     the mean, with intervals over seeds and questions.
     """
 
-    train: TrainSettings
+    train: TrainSettings = Field(description="student base, template and loop (alpha 0 = Std-CoT)")
     seeds: list[int] = Field([0], min_length=1, description="training seeds (TrainConfig.seed of each run)")
 
 
@@ -69,17 +69,17 @@ class RunConfig(BaseModel):
     """What every run shares (distill and sweep): where it writes, what it is tested on, how the
     rationales are curated, how models are decoded, and where stages run."""
 
-    store: Path = PROJECT_ROOT / "runs" / "store"
-    report_dir: Path = PROJECT_ROOT / "runs" / "latest"
+    store: Path = Field(PROJECT_ROOT / "runs" / "store", description="stage folders (shared by every worker)")
+    report_dir: Path = Field(PROJECT_ROOT / "runs" / "latest", description="report.md, metrics.json and plots")
     test_sets: dict[str, Path] = Field(
         description="name -> test set (questions Parquet, JSON/JSONL/Parquet with the import stage's field names, "
         "or a datasets folder); every model is evaluated on each"
     )
-    judge: JudgeSettings = JudgeSettings()
-    select: SelectSettings = SelectSettings()
-    materialize: MaterializeSettings = MaterializeSettings()
-    teacher_eval_template: str = "demo_teacher"
-    student_eval: StudentEval = StudentEval()
+    judge: JudgeSettings = Field(JudgeSettings(), description="how answers are read and which rationales count")
+    select: SelectSettings = Field(SelectSettings(), description="K diverse correct rationales per question")
+    materialize: MaterializeSettings = Field(MaterializeSettings(), description="the training set's answer spans")
+    teacher_eval_template: str = Field("demo_teacher", description="prompt template the teachers are evaluated with")
+    student_eval: StudentEval = Field(StudentEval(), description="how every model is decoded at evaluation")
     parallel_trains: int = Field(
         1,
         ge=1,
@@ -94,8 +94,8 @@ class RunConfig(BaseModel):
 
 
 class DistillConfig(RunConfig):
-    train_questions: Path
-    sample: SampleSettings
+    train_questions: Path = Field(description="questions with gold answers that the teachers answer (Parquet)")
+    sample: SampleSettings = Field(description="teachers, prompts (CoT format x granularity), samples per question")
     students: dict[str, StudentMethod] = Field(description="name -> method and seeds, e.g. std_cot, mcc_kd")
     baseline: str | None = Field(
         None,

@@ -55,7 +55,7 @@ class RecordedCell(BaseModel):
 
 
 class SweepConfig(RunConfig):
-    report_dir: Path = PROJECT_ROOT / "runs" / "sweep"
+    report_dir: Path = Field(PROJECT_ROOT / "runs" / "sweep", description="sweep.md, sweep.json, heatmaps")
     train_questions: Path | None = Field(None, description="questions the sampled cells' teachers answer")
     teachers: list[TeacherSpec] = Field([], description="sampled cells: every teacher x cot_formats x granularities")
     cot_formats: list[str] = Field([], description="plain, subq, rar, symbolic")
@@ -65,8 +65,8 @@ class SweepConfig(RunConfig):
     )
     template: str = Field("demo_teacher", description="the teachers' prompt template (prompts/)")
     num_samples: int = Field(4, ge=1, description="rationales per question in each sampled cell")
-    sampling: Sampling = Sampling()
-    seed: int = 0
+    sampling: Sampling = Field(Sampling(), description="temperature, top_p, max_tokens of the teachers")
+    seed: int = Field(0, description="the teachers' sampling seed")
     recorded: list[RecordedCell] = Field([], description="cells imported from files")
     methods: dict[str, StudentMethod] = Field(
         {}, description="name -> method and seeds (Std-CoT: alpha 0; MCC-KD: alpha > 0); none = data statistics only"
