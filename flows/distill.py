@@ -205,6 +205,11 @@ def with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
     return settings.model_copy(update={"loop": settings.loop.model_copy(update={"seed": seed})})
 
 
+def train_inputs(settings: TrainSettings, trainset: Ref) -> tuple[dict[str, Ref], dict[str, str]]:
+    """A training's inputs and identity: the training set, and the base model's weights by content."""
+    return {"trainset": trainset}, {"base_model": path_fingerprint(settings.base_model)}
+
+
 def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labels: dict[K, str]) -> dict[K, Ref]:
     """Train every job (settings, trainset), ``config.parallel_trains`` at a time; one console line each.
 
@@ -213,8 +218,7 @@ def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labe
     """
     calls, refs = {}, {}
     for key, (settings, trainset) in jobs.items():
-        base_fp = path_fingerprint(settings.base_model)
-        call, kwargs, refs[key] = stage_call(config, "train", settings, {"trainset": trainset}, {"base_model": base_fp})
+        call, kwargs, refs[key] = stage_call(config, "train", settings, *train_inputs(settings, trainset))
         calls[key] = (call, kwargs)
     stored = [key for key, (_, kwargs) in calls.items() if is_complete(Path(kwargs["out_dir"]))]
     to_train = [key for key in calls if key not in stored]
@@ -251,16 +255,26 @@ def reference_models(
     return models
 
 
+def test_refs(config: RunConfig) -> dict[str, Ref]:
+    """The evaluate stage's inputs: every test set of ``config``, by content."""
+    return {split: file_ref(p) for split, p in config.test_sets.items()}
+
+
+def evaluate_settings(config: RunConfig, model_dir: Path, run_name: str, template: str) -> EvaluateSettings:
+    """How ``model_dir`` is evaluated: ``config.student_eval``'s decoding, under its run name."""
+    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
+    return EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
+
+
 def evaluate_runs(config: RunConfig, models: ModelRuns) -> report.EvalDirs:
     """Evaluate every (model, seed) on every test set of ``config``; one console line each."""
-    tests = {split: file_ref(p) for split, p in config.test_sets.items()}
-    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
+    tests = test_refs(config)
     evals: report.EvalDirs = {}
     for name, runs in models.items():
         evals[name] = {}
         for seed, (model_dir, model_fp, template) in runs.items():
             run_name = name if seed is None else f"{name}-seed{seed}"
-            settings = EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
+            settings = evaluate_settings(config, model_dir, run_name, template)
             evals[name][seed] = run_stage(
                 config, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
             ).path

@@ -29,10 +29,13 @@ from flows.distill import (
     StudentMethod,
     curate,
     evaluate_runs,
+    evaluate_settings,
     file_ref,
     reference_models,
     run_stage,
     stage_call,
+    test_refs,
+    train_inputs,
     train_runs,
     with_seed,
 )
@@ -40,7 +43,7 @@ from mcckd import plots, report, sweep
 from mcckd.paths import PROJECT_ROOT
 from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.sample import PromptSpec, SampleSettings
-from mcckd.store import is_complete, path_fingerprint
+from mcckd.store import is_complete
 from mcckd.teachers import Sampling, TeacherSpec, teacher_identity
 
 
@@ -145,28 +148,23 @@ def plan_sweep(
         trainsets[cell] = entry("materialize", cell.name, config.materialize, {"selected": ref}, {})
     budget = config.budget  # the teachers' and the base's evaluations come first
     runs, left_out = [], []
+    tests = test_refs(config)
     for model, by_seed in _reference_models(config, identities).items():
         for model_dir, model_fp, template in by_seed.values():
-            settings = _evaluate_settings(config, model_dir, model, template)
-            ref = entry("evaluate", model, settings, _tests(config), {"model": model_fp})
+            settings = evaluate_settings(config, model_dir, model, template)
+            ref = entry("evaluate", model, settings, tests, {"model": model_fp})
             budget = _spend(budget, [ref])
     for cell in trainsets:
         for method, spec in config.methods.items():
             for seed in spec.seeds:
                 settings = with_seed(spec.train, seed)
-                _, _, trained = stage_call(
-                    config,
-                    "train",
-                    settings,
-                    {"trainset": trainsets[cell]},
-                    {"base_model": path_fingerprint(spec.train.base_model)},
-                )
+                trained = stage_call(config, "train", settings, *train_inputs(settings, trainsets[cell]))[2]
                 name = f"{cell.name} {method}-seed{seed}"
                 evaluated = stage_call(
                     config,
                     "evaluate",
-                    _evaluate_settings(config, trained.input_path, name, config.student_eval.template),
-                    _tests(config),
+                    evaluate_settings(config, trained.input_path, name, config.student_eval.template),
+                    tests,
                     {"model": trained.fingerprint},
                 )[2]
                 needed = [r for r in (trained, evaluated) if not is_complete(r.path)]
@@ -195,17 +193,6 @@ def _state(path: Path) -> str:
 
 def _spend(budget: int | None, refs: list[Ref]) -> int | None:
     return None if budget is None else max(0, budget - sum(not is_complete(r.path) for r in refs))
-
-
-def _tests(config: SweepConfig) -> dict[str, Ref]:
-    return {split: file_ref(p) for split, p in config.test_sets.items()}
-
-
-def _evaluate_settings(config: SweepConfig, model_dir: Path, name: str, template: str):
-    from mcckd.stages.evaluate import EvaluateSettings
-
-    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
-    return EvaluateSettings(model=model_dir, model_name=name, template=template, **decoding)
 
 
 def _reference_models(config: SweepConfig, identities: dict[str, str]):
