@@ -26,8 +26,11 @@ PLOTS = ("accuracy.png", "training_curves.png", "teacher_gap.png")
 EvalDirs = dict[str, dict[int | None, Path]]  # model -> seed (None: not a trained student) -> evaluate folder
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def fmt(x: float | int | None, digits: int = 3) -> str:
+    """A table figure: floats to ``digits`` places, counts as they are, a missing one as "n/a"."""
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
 def stage_summary(out_dir: Path) -> dict:
@@ -345,7 +348,7 @@ bootstrap over seeds and questions for several].
 
 Selection outcomes per question: {", ".join(f"{k} {v}" for k, v in sorted(select["outcomes"].items()))}.
 In questions with two or more kept rationales, the mean of each one's highest word-trigram
-Jaccard similarity to the others kept: {_fmt(select["mean_max_similarity"])}.
+Jaccard similarity to the others kept: {fmt(select["mean_max_similarity"])}.
 
 | rejection (stage: reason) | rationales |
 |---|---:|

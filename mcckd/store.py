@@ -36,18 +36,31 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# (path, listing of (name, size, mtime)) -> content hash: a sweep fingerprints the same base model
+# for every (cell, method, seed), and reading GBs of weights each time would dominate its planning.
+_CONTENT_HASHES: dict[tuple, str] = {}
+
+
 def path_fingerprint(path: Path) -> str:
-    """Hash of a file's or folder's bytes (model weights, question files): identity by content."""
-    h = hashlib.sha256()
+    """Hash of a file's or folder's bytes (model weights, question files): identity by content.
+
+    Remembered in this process while no file's size or modification time changes.
+    """
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if not files:
         raise FileNotFoundError(f"nothing to fingerprint at {path}")
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    names = [str(f.relative_to(path)) if path.is_dir() else f.name for f in files]
+    stats = [f.stat() for f in files]
+    key = (str(path.resolve()), tuple((n, st.st_size, st.st_mtime_ns) for n, st in zip(names, stats, strict=True)))
+    if key not in _CONTENT_HASHES:
+        h = hashlib.sha256()
+        for name, f in zip(names, files, strict=True):
+            h.update(name.encode())
+            with f.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        _CONTENT_HASHES[key] = h.hexdigest()[:16]
+    return _CONTENT_HASHES[key]
 
 
 def stage_dir(store: Path, stage: str, fp: str) -> Path:

@@ -198,21 +198,16 @@ def heatmap_file(test_set: str) -> str:
     return f"heatmap_{test_set}.png"
 
 
-def _fmt(x: float | int | None, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
 def data_table(stats_rows: list[dict]) -> str:
     header = (
         "| cell | source | questions | teacher accuracy | kept rationales | mean tokens | diversity "
         "| teacher tokens |\n|---|---|---:|---:|---:|---:|---:|---:|"
     )
     lines = [
-        f"| {r['cell']} | {r['source']} | {r['questions']} | {_fmt(r['teacher_accuracy'])} | {r['kept_rationales']} "
-        f"| {_fmt(r['mean_tokens'], 1)} | {_fmt(r['diversity_mean_max_similarity'])} "
-        f"| {_fmt(r['teacher_tokens_generated'])} |"
+        f"| {r['cell']} | {r['source']} | {r['questions']} | {report.fmt(r['teacher_accuracy'])} "
+        f"| {r['kept_rationales']} "
+        f"| {report.fmt(r['mean_tokens'], 1)} | {report.fmt(r['diversity_mean_max_similarity'])} "
+        f"| {report.fmt(r['teacher_tokens_generated'])} |"
         for r in stats_rows
     ]
     return "\n".join([header, *lines])

@@ -159,3 +159,16 @@ def test_a_labels_file_with_two_answers_for_one_question_names_both_rows(tmp_pat
     write_json(labels, [{"question": "Q?", "answer": 1}, {"question": " q? ", "answer": 2}])
     with pytest.raises(RecordedDataError, match=r"labels\.json: row 1: field 'label': '2', but row 0 gave '1'"):
         execute("import", ImportSettings(), tmp_path / "out", {"recorded": recorded, "labels": labels})
+
+
+@pytest.mark.parametrize("name, text", [("labels.json", "[]"), ("labels.jsonl", "")])
+def test_an_empty_labels_file_leaves_every_unlabelled_question_counted_not_dropped(tmp_path, name, text):
+    labels = tmp_path / name
+    labels.write_text(text)
+    rows = [{"instruction": "How many apples?", "output": "The answer is 4"}, {"instruction": "Q?", "output": "1"}]
+    recorded = write_json(tmp_path / "r.json", rows)
+    summary = execute("import", ImportSettings(), tmp_path / "imp", {"recorded": recorded, "labels": labels})
+    assert summary["labels_filled"] == 0 and summary["unlabelled_questions"] == 2
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
+    verdicts = [r["verdict"] for r in pq.read_table(tmp_path / "jud" / "judged.parquet").to_pylist()]
+    assert verdicts == ["no_gold_answer", "no_gold_answer"]
