@@ -185,7 +185,7 @@ MALFORMED = [
         "import",
         "rows.json",
         '[{"id": "x", "instruction": "q", "output": "a"}, {"id": "x", "instruction": "other", "output": "b"}]',
-        r"rows.json: row 1: field 'instruction': id 'x' was used in row 0 with a different instruction",
+        r"rows.json: row 1: field 'instruction' differs from row 0, which has the same id 'x'",
     ),
     (
         "judge",

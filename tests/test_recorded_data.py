@@ -33,6 +33,14 @@ def write_json(path: Path, rows: object) -> Path:
         ([{"instruction": "q", "output": ["a"]}, {"instruction": "q2"}], r"row 1: missing field 'output'"),
         ([{"instruction": "q", "output": [1, 2]}], r"row 0: field 'output' must be text or a list of texts"),
         ([{"instruction": "q", "output": "a", "label": {"x": 1}}], r"row 0: field 'label' must be text or a number"),
+        # Errors spell a field as the file does.
+        ([{"question": 3, "rationale": "a"}], r"row 0: field 'question' must be text, got int"),
+        ([{"question": "q", "rationale": [None]}], r"row 0: field 'rationale' must be text or a list of texts"),
+        ([{"question": "q", "rationale": "a", "answer": [1]}], r"row 0: field 'answer' must be text or a number"),
+        (
+            [{"id": 7, "question": "q", "rationale": "a"}, {"id": 7, "question": "r", "rationale": "b"}],
+            r"row 1: field 'question' differs from row 0, which has the same id '7'",
+        ),
         (["just a string"], r"row 0: expected an object, got str"),
         ({"instruction": "q"}, r"expected a JSON list of rows, got dict"),
     ],
@@ -157,7 +165,7 @@ def test_a_labels_file_with_two_answers_for_one_question_names_both_rows(tmp_pat
     with pytest.raises(RecordedDataError, match=r"labels\.json: row 1: missing field 'label' or 'answer'"):
         execute("import", ImportSettings(), tmp_path / "out", {"recorded": recorded, "labels": labels})
     write_json(labels, [{"question": "Q?", "answer": 1}, {"question": " q? ", "answer": 2}])
-    with pytest.raises(RecordedDataError, match=r"labels\.json: row 1: field 'label': '2', but row 0 gave '1'"):
+    with pytest.raises(RecordedDataError, match=r"labels\.json: row 1: field 'answer' is '2', but row 0 gave '1'"):
         execute("import", ImportSettings(), tmp_path / "out", {"recorded": recorded, "labels": labels})
 
 

@@ -85,10 +85,20 @@ def read_records(path: Path) -> list[dict]:
     return data
 
 
+def field_key(row: dict, name: str) -> str:
+    """The key this row spells field ``name`` with (the first accepted spelling when it has none),
+    so an error names the field as the user's file does."""
+    return next((key for key in FIELD_NAMES[name] if key in row), FIELD_NAMES[name][0])
+
+
+def field_error(path: Path, i: int, row: dict, name: str, problem: str) -> RecordedDataError:
+    return RecordedDataError(f"{path}: row {i}: field {field_key(row, name)!r} {problem}")
+
+
 def field_value(path: Path, i: int, row: dict, name: str, required: bool) -> object:
-    for key in FIELD_NAMES[name]:
-        if key in row:
-            return row[key]
+    key = field_key(row, name)
+    if key in row:
+        return row[key]
     if required:
         raise RecordedDataError(f"{path}: row {i}: missing field {' or '.join(map(repr, FIELD_NAMES[name]))}")
     return None
@@ -102,12 +112,12 @@ def read_record(path: Path, i: int, row: object) -> tuple[str, str, str, list[st
     outputs = field_value(path, i, row, "rationale", required=True)
     label = field_value(path, i, row, "answer", required=False)
     if not isinstance(question, str):
-        raise RecordedDataError(f"{path}: row {i}: field 'instruction' must be text, got {type(question).__name__}")
+        raise field_error(path, i, row, "question", f"must be text, got {type(question).__name__}")
     outputs = [outputs] if isinstance(outputs, str) else outputs
     if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-        raise RecordedDataError(f"{path}: row {i}: field 'output' must be text or a list of texts")
+        raise field_error(path, i, row, "rationale", "must be text or a list of texts")
     if label is not None and not isinstance(label, str | int | float):
-        raise RecordedDataError(f"{path}: row {i}: field 'label' must be text or a number, got {type(label).__name__}")
+        raise field_error(path, i, row, "answer", f"must be text or a number, got {type(label).__name__}")
     qid = row.get("id", f"{path.stem}-{i}")
     if not isinstance(qid, str | int) or isinstance(qid, bool) or not str(qid).strip():
         raise RecordedDataError(f"{path}: row {i}: field 'id' must be non-empty text or an integer, got {qid!r}")
@@ -137,15 +147,14 @@ def read_labels(path: Path) -> dict[str, str]:
         question = field_value(path, i, row, "question", required=True)
         label = field_value(path, i, row, "answer", required=True)
         if not isinstance(question, str):
-            raise RecordedDataError(f"{path}: row {i}: field 'instruction' must be text, got {type(question).__name__}")
+            raise field_error(path, i, row, "question", f"must be text, got {type(question).__name__}")
         if not isinstance(label, str | int | float):
-            kind = type(label).__name__
-            raise RecordedDataError(f"{path}: row {i}: field 'label' must be text or a number, got {kind}")
+            raise field_error(path, i, row, "answer", f"must be text or a number, got {type(label).__name__}")
         answer = _label_text(label)
         key = question_key(question)
         first, seen = labels.setdefault(key, (i, answer))
         if seen != answer:
-            raise RecordedDataError(f"{path}: row {i}: field 'label': {answer!r}, but row {first} gave {seen!r}")
+            raise field_error(path, i, row, "answer", f"is {answer!r}, but row {first} gave {seen!r}")
     return {key: answer for key, (_, answer) in labels.items()}
 
 
@@ -161,11 +170,10 @@ def run(settings: ImportSettings, out_dir: Path, recorded: Path, labels: Path | 
         if not answer and question_key(question) in gold:
             answer, filled = gold[question_key(question)], filled + 1
         first, seen_question, seen_answer, offset = questions.get(qid, (i, question, answer, 0))
-        for field, value, seen in (("instruction", question, seen_question), ("label", answer, seen_answer)):
+        fields = (("question", question, seen_question), ("answer", answer, seen_answer))
+        for name, value, seen in fields:
             if value != seen:
-                raise RecordedDataError(
-                    f"{recorded}: row {i}: field {field!r}: id {qid!r} was used in row {first} with a different {field}"
-                )
+                raise field_error(recorded, i, record, name, f"differs from row {first}, which has the same id {qid!r}")
         questions[qid] = (first, question, answer, offset + len(texts))
         if not texts:
             detail = f"row {i} has an empty rationale list"
