@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from flows.distill import DistillConfig, StudentEval, StudentMethod, distill
 from mcckd import report
 from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
-from mcckd.demo_world.problems import write_question_sets
+from mcckd.demo_world.problems import SPLITS, write_question_sets
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
 from mcckd.stages.sample import PromptSpec, SampleSettings
@@ -29,7 +29,7 @@ from mcckd.store import atomic_stage_dir, fingerprint, is_complete
 from mcckd.teachers import Sampling, TeacherSpec
 from mcckd.training.config import TrainConfig
 
-QUESTIONS_VERSION = 1
+QUESTIONS_VERSION = 2  # 2: adds test_ood_mixed.parquet
 # The demo's models are a few MB: half a GiB of KV cache holds every sequence the stages decode at
 # once, and allocating it takes no time (the default fraction of RAM would zero GiBs at start-up).
 SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
@@ -73,7 +73,7 @@ DEMO_TEACHER = TeacherSpec(name="demo-teacher", model=str(TEACHER_DIR), vllm=SMA
 
 
 def demo_test_sets(questions: Path) -> dict[str, Path]:
-    return {split: questions / f"test_{split}.parquet" for split in ("id", "ood_steps", "ood_templates")}
+    return {split: questions / f"test_{split}.parquet" for split in SPLITS}
 
 
 def demo_methods(loop: TrainConfig, alpha: float, seeds: list[int]) -> dict[str, StudentMethod]:

@@ -16,6 +16,7 @@ import pytest
 from mcckd.answers import answers_match, extract_answer
 from mcckd.demo_world.build import student_base_texts
 from mcckd.demo_world.problems import (
+    EVENTS,
     FORMATS,
     GRANULARITIES,
     MAX_AMOUNT,
@@ -35,6 +36,15 @@ def test_problems_stay_in_range_and_are_reproducible(split):
         assert len(p.events) in SPLITS[split].steps
         assert all(1 <= e.amount <= MAX_AMOUNT for e in p.events)
         assert all(0 <= before <= 99 and 0 <= after <= 99 for before, _, _, after in p.steps)
+
+
+def test_a_mixed_problem_tells_exactly_one_event_in_an_unseen_sentence():
+    unseen = {template for _, template in EVENTS["ood"]}
+    places = set()
+    for p in generate_split("ood_mixed", 300, seed=5):
+        [place] = [i for i, e in enumerate(p.events) if e.template in unseen]
+        places.add(place)
+    assert places == {0, 1, 2}  # anywhere in the problem
 
 
 def test_every_rationale_style_is_correct_as_the_judge_reads_it():

@@ -81,7 +81,7 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
     assert all(s == "Completed" for v in states.values() for s in v), states
     models = {"teacher", "untrained", "std_cot", "mcc_kd"}
     assert set(metrics) == models | {"per_seed", "ci95", "paired", "unanswered", "seeds", "counts"}
-    splits = {"id", "ood_steps", "ood_templates"}
+    splits = {"id", "ood_steps", "ood_templates", "ood_mixed"}
     assert all(set(metrics[m]) == splits == set(metrics["ci95"][m]) for m in models)
     assert metrics["seeds"] == {"std_cot": [0, 1], "mcc_kd": [0, 1]}
     for method in ("std_cot", "mcc_kd"):

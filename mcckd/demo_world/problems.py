@@ -2,9 +2,11 @@
 
 Every problem is a start amount followed by add/subtract events and one question. The splits
 differ along the axes that make distillation interesting: the in-distribution split (``id``: 2-3
-events, the training templates) is what the student is distilled on; ``ood_steps`` has 4 events and
-``ood_templates`` uses event sentences the student never saw. The teacher is trained on all of
-them, so the teacher-student gap out of distribution is measurable.
+events, the training templates) is what the student is distilled on; ``ood_steps`` has 4 events,
+``ood_templates`` uses only event sentences the student never saw, and ``ood_mixed`` is an ``id``
+problem with exactly one of its events told in an unseen sentence (a partial shift, as SVAMP is to
+GSM8K). The teacher is trained on the first three, so the teacher-student gap out of distribution
+is measurable.
 
 Rationales come in the CoT formats of arXiv 2502.18001 (plain, sub-question chain,
 rephrase-and-respond, symbolic) at three granularity levels (1 terse .. 3 detailed), with phrase
@@ -60,12 +62,14 @@ class SplitSpec:
 
     steps: tuple[int, ...]
     templates: str  # key of EVENTS
+    one_unseen: bool = False  # one event, at a random place, draws from EVENTS["ood"] instead
 
 
 SPLITS: dict[str, SplitSpec] = {
     "id": SplitSpec(steps=(2, 3), templates="id"),
     "ood_steps": SplitSpec(steps=(4,), templates="id"),
     "ood_templates": SplitSpec(steps=(2, 3), templates="ood"),
+    "ood_mixed": SplitSpec(steps=(2, 3), templates="id", one_unseen=True),
 }
 
 # Events change the amount by 1..MAX_AMOUNT: the demo measures the transfer of multi-step
@@ -118,14 +122,16 @@ class Problem:
 def draw_problem(rng: random.Random, spec: SplitSpec) -> Problem:
     """Draw one problem; every intermediate value stays between 0 and 99."""
     n_steps = rng.choice(spec.steps)
+    unseen_at = rng.randrange(n_steps) if spec.one_unseen else -1
     value = rng.randint(5, 60)
     start, events = value, []
-    for _ in range(n_steps):
-        kind, template = rng.choice(EVENTS[spec.templates])
+    for i in range(n_steps):
+        pool = EVENTS["ood" if i == unseen_at else spec.templates]
+        kind, template = rng.choice(pool)
         if kind == "sub" and value < 2:
-            kind, template = rng.choice([t for t in EVENTS[spec.templates] if t[0] == "add"])
+            kind, template = rng.choice([t for t in pool if t[0] == "add"])
         if kind == "add" and value > 90:
-            kind, template = rng.choice([t for t in EVENTS[spec.templates] if t[0] == "sub"])
+            kind, template = rng.choice([t for t in pool if t[0] == "sub"])
         amount = rng.randint(1, min(MAX_AMOUNT, 99 - value if kind == "add" else value - 1))
         value = value + amount if kind == "add" else value - amount
         events.append(Event(kind, amount, template))
