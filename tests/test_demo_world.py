@@ -7,14 +7,25 @@ pretrained on reading, never on solved problems.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
 import pandas as pd
 import pytest
+from transformers import PreTrainedTokenizerFast
 
 from mcckd.answers import answers_match, extract_answer
-from mcckd.demo_world.build import student_base_texts
+from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR, TOKENIZER_DIR
+from mcckd.demo_world.build import (
+    BUILD_SEED,
+    TOKENIZER_VOCAB,
+    examples_digest,
+    student_base_examples,
+    student_base_texts,
+    teacher_examples,
+    tokenizer_texts,
+)
 from mcckd.demo_world.problems import (
     EVENTS,
     FORMATS,
@@ -25,6 +36,7 @@ from mcckd.demo_world.problems import (
     write_question_sets,
     write_rationale,
 )
+from mcckd.demo_world.tokenizer import train_tokenizer
 
 
 @pytest.mark.parametrize("split", sorted(SPLITS))
@@ -76,3 +88,22 @@ def test_student_base_text_reads_problems_but_never_solves_them():
         after = t.split("?", 1)[1]
         assert "=" not in after and "answer" not in after, t  # no running amount, no result
     assert not any(re.search(r"The answer is", t) for t in texts)
+
+
+def _tokenizer_model(tokenizer: PreTrainedTokenizerFast) -> dict:
+    return json.loads(tokenizer.backend_tokenizer.to_str())["model"]  # vocabulary and merges
+
+
+def test_the_committed_tokenizer_is_what_the_build_makes_from_this_code():
+    built = _tokenizer_model(train_tokenizer(tokenizer_texts(), vocab_size=TOKENIZER_VOCAB))
+    for folder in (TOKENIZER_DIR, TEACHER_DIR, STUDENT_BASE_DIR):
+        assert _tokenizer_model(PreTrainedTokenizerFast.from_pretrained(str(folder))) == built, folder
+
+
+def test_the_committed_models_were_trained_on_the_text_this_code_writes():
+    for folder, make in (
+        (TEACHER_DIR, lambda n: teacher_examples(n, BUILD_SEED)),
+        (STUDENT_BASE_DIR, student_base_examples),
+    ):
+        build = json.loads((folder / "build.json").read_text())
+        assert examples_digest(make(build["examples"])) == build["examples_sha256"], folder

@@ -16,6 +16,7 @@ committed under ``assets/demo`` (a few MB each), so the demo downloads nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import tempfile
@@ -128,14 +129,23 @@ def student_base_texts(n: int, seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+TOKENIZER_VOCAB = 512
+
+
+def tokenizer_texts() -> list[str]:
+    """The text the demo tokenizer is trained on: the teacher's and the student base's, and rationales
+    in every style. A change to the world's text changes the tokenizer (a test checks the committed one)."""
     rng = random.Random(BUILD_SEED)
     texts = [ex.prompt + ex.completion for ex in teacher_examples(6000, BUILD_SEED)]
     texts += student_base_texts(2000, BUILD_SEED)
     texts += [
         write_rationale(p, f, g, rng) for p in generate_split("id", 300, 1) for f in FORMATS for g in GRANULARITIES
     ]
-    tokenizer = train_tokenizer(texts, vocab_size=512)
+    return texts
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    tokenizer = train_tokenizer(tokenizer_texts(), vocab_size=TOKENIZER_VOCAB)
     tokenizer.save_pretrained(str(TOKENIZER_DIR))
     return tokenizer
 
@@ -154,6 +164,19 @@ def new_llama(tokenizer: PreTrainedTokenizerFast, shape: dict) -> LlamaForCausal
     return LlamaForCausalLM(config)
 
 
+def examples_digest(examples: list[Example]) -> str:
+    """Content hash of a model's training text, kept in its ``build.json`` so a test can tell
+    whether the committed model was built from the text the current code writes."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(json.dumps([ex.prompt, ex.completion]).encode())
+    return digest.hexdigest()
+
+
+def student_base_examples(n: int) -> list[Example]:
+    return [Example(str(i), "", t) for i, t in enumerate(student_base_texts(n, BUILD_SEED + 1))]
+
+
 def train_and_save(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, desc: str) -> None:
     groups, rejected = encode_groups(tokenizer, examples, cfg.max_length)
     if rejected:
@@ -164,7 +187,12 @@ def train_and_save(model, tokenizer, examples: list[Example], cfg: TrainConfig, 
     result.model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "train_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in result.log))
-    summary = {"config": cfg.model_dump(), "examples": len(examples), "final": result.log[-1]}
+    summary = {
+        "config": cfg.model_dump(),
+        "examples": len(examples),
+        "examples_sha256": examples_digest(examples),
+        "final": result.log[-1],
+    }
     (out_dir / "build.json").write_text(json.dumps(summary, indent=2))
 
 
@@ -187,8 +215,7 @@ def main() -> None:
         examples = teacher_examples(args.steps * batch, BUILD_SEED)
         train_and_save(new_llama(tokenizer, TEACHER_SHAPE), tokenizer, examples, cfg, TEACHER_DIR, "teacher")
     else:
-        texts = student_base_texts(args.steps * batch, BUILD_SEED + 1)
-        examples = [Example(str(i), "", t) for i, t in enumerate(texts)]
+        examples = student_base_examples(args.steps * batch)
         train_and_save(new_llama(tokenizer, STUDENT_SHAPE), tokenizer, examples, cfg, STUDENT_BASE_DIR, "student-base")
 
 

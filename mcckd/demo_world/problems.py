@@ -24,36 +24,48 @@ from data_schemas import QUESTIONS, write_table
 NAMES = ["Tom", "Ana", "Ben", "Mia", "Sam", "Lea", "Max", "Zoe", "Leo", "Ivy", "Raj", "Eva"]
 ITEMS = ["apples", "marbles", "stamps", "cards", "coins", "shells", "books", "pens", "stickers"]
 
-# Event sentences: (kind, template). "id" templates are seen in training; "ood" ones are not.
+# Event sentences: (kind, template) and the short verb phrase the detailed rationales use. "id"
+# templates are seen in distillation, "ood" ones are not. Twelve of each kind, in varied sentence
+# shapes, so that a student distilled on "id" has to read what a sentence means rather than
+# memorise a handful of verbs (with three of each kind it did, README: the demo world).
+_ID_EVENTS = [
+    ("add", "{name} buys {n} more {item}.", "buying {n} more"),
+    ("add", "{name} finds {n} {item}.", "finding {n}"),
+    ("add", "A friend gives {name} {n} {item}.", "getting {n} from a friend"),
+    ("add", "{name} gets {n} {item} as a gift.", "getting {n} as a gift"),
+    ("add", "{name} picks up {n} {item} in the park.", "picking up {n}"),
+    ("add", "{name} receives {n} {item} in the mail.", "receiving {n}"),
+    ("add", "Then {name} collects {n} more {item}.", "collecting {n} more"),
+    ("add", "A neighbor brings {name} {n} {item}.", "getting {n} from a neighbor"),
+    ("add", "{name} earns {n} {item} at the fair.", "earning {n}"),
+    ("add", "Grandma sends {n} {item} to {name}.", "getting {n} from grandma"),
+    ("add", "{name} makes {n} new {item}.", "making {n}"),
+    ("add", "Next, {n} {item} arrive for {name}.", "getting {n} that arrive"),
+    ("sub", "{name} gives away {n} {item}.", "giving away {n}"),
+    ("sub", "{name} loses {n} {item}.", "losing {n}"),
+    ("sub", "{name} sells {n} {item}.", "selling {n}"),
+    ("sub", "{name} uses {n} {item} for a project.", "using {n}"),
+    ("sub", "{name} throws away {n} {item}.", "throwing away {n}"),
+    ("sub", "{name} leaves {n} {item} on the bus.", "leaving {n} on the bus"),
+    ("sub", "Then {name} trades away {n} {item}.", "trading away {n}"),
+    ("sub", "A dog chews up {n} of the {item} of {name}.", "losing {n} to a dog"),
+    ("sub", "{name} spends {n} {item}.", "spending {n}"),
+    ("sub", "{name} hands {n} {item} to a classmate.", "handing over {n}"),
+    ("sub", "A thief takes {n} {item} from {name}.", "losing {n} to a thief"),
+    ("sub", "Next, {n} {item} of {name} break.", "losing {n} that break"),
+]
+_OOD_EVENTS = [
+    ("add", "{name} wins {n} {item} in a contest.", "winning {n}"),
+    ("add", "Later, {n} {item} are added to the pile of {name}.", "adding {n}"),
+    ("sub", "{name} donates {n} {item} to a school.", "donating {n}"),
+    ("sub", "A storm ruins {n} of the {item} of {name}.", "losing {n} in a storm"),
+]
 EVENTS = {
-    "id": [
-        ("add", "{name} buys {n} more {item}."),
-        ("add", "{name} finds {n} {item}."),
-        ("add", "A friend gives {name} {n} {item}."),
-        ("sub", "{name} gives away {n} {item}."),
-        ("sub", "{name} loses {n} {item}."),
-        ("sub", "{name} sells {n} {item}."),
-    ],
-    "ood": [
-        ("add", "{name} wins {n} {item} in a contest."),
-        ("add", "Later, {n} {item} are added to the pile of {name}."),
-        ("sub", "{name} donates {n} {item} to a school."),
-        ("sub", "A storm ruins {n} of the {item} of {name}."),
-    ],
+    "id": [(kind, template) for kind, template, _ in _ID_EVENTS],
+    "ood": [(kind, template) for kind, template, _ in _OOD_EVENTS],
 }
 # Short verb phrases for the detailed rationales, keyed by the event template.
-EVENT_PHRASES = {
-    "{name} buys {n} more {item}.": "buying {n} more",
-    "{name} finds {n} {item}.": "finding {n}",
-    "A friend gives {name} {n} {item}.": "getting {n} from a friend",
-    "{name} gives away {n} {item}.": "giving away {n}",
-    "{name} loses {n} {item}.": "losing {n}",
-    "{name} sells {n} {item}.": "selling {n}",
-    "{name} wins {n} {item} in a contest.": "winning {n}",
-    "Later, {n} {item} are added to the pile of {name}.": "adding {n}",
-    "{name} donates {n} {item} to a school.": "donating {n}",
-    "A storm ruins {n} of the {item} of {name}.": "losing {n} in a storm",
-}
+EVENT_PHRASES = {template: phrase for _, template, phrase in _ID_EVENTS + _OOD_EVENTS}
 
 
 @dataclass(frozen=True)
