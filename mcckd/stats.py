@@ -105,7 +105,9 @@ def paired_comparison(
         "p_value": p_value,
         "a_only": a_only,
         "b_only": b_only,
-        "significant": bool(p_value < 1 - confidence),
+        # Both must agree: McNemar pools (seed, question) pairs as if independent, while the interval also
+        # redraws the seeds, so a difference that only one seed carries is not called significant.
+        "significant": bool(p_value < 1 - confidence and (low > 0 or high < 0)),
     }
 
 
@@ -120,10 +122,17 @@ def describe_comparison(name: str, split: str, result: dict) -> str:
     p = result["p_value"]
     p_text = "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
     level = f"{100 * (1 - confidence):.3g}%"
-    verdict = (
-        f"significant at the {level} level."
-        if result["significant"]
-        else "not significant — the data do not tell them apart."
-    )
+    by_p, by_interval = p < 1 - confidence, low > 0 or high < 0
+    if by_p and by_interval:
+        verdict = f"significant at the {level} level."
+    elif by_p:
+        verdict = (
+            f"not significant: McNemar's test on the pooled (seed, question) pairs is below {level}, but the "
+            "interval, which also redraws the seeds, includes zero, so the difference depends on the training seed."
+        )
+    elif by_interval:
+        verdict = f"not significant: the interval excludes zero, but McNemar's p is not below {level}."
+    else:
+        verdict = "not significant — the data do not tell them apart."
     interval = f"{100 * confidence:.3g}% CI {low:.1f} to {high:.1f}, {p_text}"
     return f"On {split}, {first} is {where} {second} ({interval}): {verdict}"

@@ -119,6 +119,21 @@ def test_p_value_is_exact_mcnemar_on_hand_counted_pairs():
     assert result["difference"] == pytest.approx((10 - 5) / 40)
 
 
+def test_a_difference_one_seed_carries_is_not_significant():
+    # Seed 0: a alone right on 60 questions; seeds 1 and 2: b alone right on 10 each. Pooled, McNemar sees
+    # 60 against 20 (p < 0.001); redrawing seeds, a third of the replicates have no seed 0 and a below b.
+    a = np.zeros((3, 200), dtype=bool)
+    b = np.zeros((3, 200), dtype=bool)
+    a[0, :60] = True
+    b[1, :10] = b[2, :10] = True
+    result = paired_comparison(a, b)
+    assert result["p_value"] < 0.001
+    assert result["ci95"][0] < 0 < result["ci95"][1]
+    assert result["significant"] is False
+    text = describe_comparison("a - b", "id", result)
+    assert "not significant" in text and "depends on the training seed" in text
+
+
 def test_shape_mismatch_names_both_shapes():
     with pytest.raises(ValueError, match=r"\(3, 100\).*\(2, 100\)"):
         paired_comparison(np.zeros((3, 100), bool), np.zeros((2, 100), bool))
