@@ -127,7 +127,7 @@ def describe_comparison(name: str, split: str, result: dict) -> str:
         verdict = f"significant at the {level} level."
     elif by_p:
         verdict = (
-            f"not significant: McNemar's test on the pooled (seed, question) pairs is below {level}, but the "
+            f"not significant: McNemar's p on the pooled (seed, question) pairs is below {level}, but the "
             "interval, which also redraws the seeds, includes zero, so the difference depends on the training seed."
         )
     elif by_interval:
