@@ -78,6 +78,14 @@ def accuracy_interval(
     return _percentile_interval(_bootstrap_means(matrix.astype(float), n_resamples, seed), confidence)
 
 
+def _evidence(p_value: float, ci: list[float], confidence: float) -> tuple[bool, bool]:
+    """(McNemar's p is below the level, the paired interval excludes zero): a difference is significant
+    only when both hold, since McNemar pools (seed, question) pairs as if independent while the interval
+    also redraws the seeds, so a difference that only one seed carries is not called significant."""
+    low, high = ci
+    return p_value < 1 - confidence, low > 0 or high < 0
+
+
 def paired_comparison(
     a: np.ndarray, b: np.ndarray, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
 ) -> dict:
@@ -105,9 +113,7 @@ def paired_comparison(
         "p_value": p_value,
         "a_only": a_only,
         "b_only": b_only,
-        # Both must agree: McNemar pools (seed, question) pairs as if independent, while the interval also
-        # redraws the seeds, so a difference that only one seed carries is not called significant.
-        "significant": bool(p_value < 1 - confidence and (low > 0 or high < 0)),
+        "significant": all(_evidence(p_value, [low, high], confidence)),
     }
 
 
@@ -122,7 +128,7 @@ def describe_comparison(name: str, split: str, result: dict) -> str:
     p = result["p_value"]
     p_text = "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
     level = f"{100 * (1 - confidence):.3g}%"
-    by_p, by_interval = p < 1 - confidence, low > 0 or high < 0
+    by_p, by_interval = _evidence(p, result["ci95"], confidence)
     if by_p and by_interval:
         verdict = f"significant at the {level} level."
     elif by_p:
