@@ -107,3 +107,29 @@ def test_the_committed_models_were_trained_on_the_text_this_code_writes():
     ):
         build = json.loads((folder / "build.json").read_text())
         assert examples_digest(make(build["examples"])) == build["examples_sha256"], folder
+
+
+@pytest.mark.parametrize("layout", ["styles", "reduce", "skip-distractors", "walk-distractors-3-eq"])
+def test_the_ood_steps_benchmark_layouts_are_correct_and_keep_the_problems(layout):
+    """``benchmarks/ood_steps.py``'s gold rationales are right as the judge reads them, their answer
+    spans point at the answer, and its distractor test sets ask the plain test sets' problems."""
+    import importlib.util
+
+    from mcckd.paths import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("ood_steps", PROJECT_ROOT / "benchmarks" / "ood_steps.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train, tests = bench.layout_rows(layout, seed=1)
+    assert len(train) == bench.N_TRAIN
+    for row in train:
+        for text, span in zip(row["rationales"], row["answer_spans"], strict=True):
+            assert answers_match(extract_answer(text), row["answer"]), text
+            assert text[span["start"] : span["end"]] == row["answer"]
+    for split, rows in tests.items():
+        plain = tests[split.removesuffix("_d")]
+        assert [r["answer"] for r in rows] == [r["answer"] for r in plain]
+        distractors = sum(
+            len(r["question"].split(". ")) - len(p["question"].split(". ")) for r, p in zip(rows, plain, strict=True)
+        )
+        assert (distractors > 0) == split.endswith("_d"), split

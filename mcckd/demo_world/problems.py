@@ -168,7 +168,7 @@ def answer_sentence(answer: int) -> str:
     return f"The answer is {answer}."
 
 
-def _equation(rng: random.Random, before: int, op: str, amount: int, after: int) -> str:
+def equation(rng: random.Random, before: int, op: str, amount: int, after: int) -> str:
     # Addition commutes, which gives the teacher a cheap source of surface diversity.
     if op == "+" and rng.random() < 0.3:
         return f"{amount} + {before} = {after}"
@@ -179,7 +179,7 @@ def write_rationale(p: Problem, fmt: str, level: int, rng: random.Random) -> str
     """A correct rationale for ``p`` in CoT format ``fmt`` at granularity ``level`` (1..3)."""
     steps = p.steps
     phrases = [EVENT_PHRASES[e.template].format(n=e.amount) for e in p.events]
-    eqs = [_equation(rng, *s) for s in steps]
+    eqs = [equation(rng, *s) for s in steps]
     lines: list[str] = []
     if fmt == "plain":
         if level == 1:
