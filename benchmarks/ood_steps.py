@@ -3,7 +3,7 @@ several layouts, each distilled into the committed student base with the demo's 
 600 questions, 20 epochs) and evaluated greedily with vLLM on the demo's splits. A seed draws the
 training seed and where the distractors fall; the questions and test sets stay the same.
 
-    python benchmarks/ood_steps.py                  # every layout, seed 0, two at a time (~35 min here)
+    python benchmarks/ood_steps.py                  # every layout, seed 0, two at a time (~25 min here)
     python benchmarks/ood_steps.py --layouts walk-distractors-2 --seeds 0 1 2
 
 A finished (layout, seed) is kept under ``runs/benchmarks/ood_steps`` and not run again.
