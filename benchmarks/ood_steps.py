@@ -68,26 +68,30 @@ LAYOUTS: dict[str, int | None] = {
 }
 
 
+def run_dir(layout: str, seed: int) -> Path:
+    return OUT / layout / f"seed-{seed}"
+
+
 def layout_rows(layout: str, seed: int) -> tuple[list[dict], dict[str, list[dict]]]:
     """Training rows (two gold rationales per question) and test rows per split for ``layout``."""
     from mcckd.demo_world.problems import SPLITS, Problem, answer_sentence, equation, generate_split, write_rationale
+    from mcckd.stages.materialize import with_answer_sentence
 
     rng, test_rng = random.Random(seed), random.Random(SEED + 1)
     most = LAYOUTS[layout]
 
     def sentences(p: Problem, r: random.Random, n_distractors: int) -> list[tuple[int | None, str]]:
         """(event index or None for a distractor, sentence) after the start sentence."""
-        seq = [(i, e.template.format(name=p.name, n=e.amount, item=p.item)) for i, e in enumerate(p.events)]
+        seq: list[tuple[int | None, str]] = list(enumerate(p.sentences[1:-1]))
         for _ in range(r.randint(0, n_distractors)):
             seq.insert(r.randint(0, len(seq)), (None, r.choice(DISTRACTORS).format(name=p.name, item=p.item)))
         return seq
 
     def question(p: Problem, seq: list[tuple[int | None, str]]) -> str:
-        body = [f"{p.name} has {p.start} {p.item}."] + [s for _, s in seq]
-        return " ".join([*body, f"How many {p.item} does {p.name} have now?"])
+        return " ".join([p.sentences[0], *(s for _, s in seq), p.sentences[-1]])
 
     def walk(p: Problem, seq: list[tuple[int | None, str]], r: random.Random, join: str) -> str:
-        lines, value = [f"{p.name} has {p.start} {p.item}."], p.start
+        lines, value = [p.sentences[0]], p.start
         for i, s in seq:
             if i is None:
                 lines.append(
@@ -117,8 +121,12 @@ def layout_rows(layout: str, seed: int) -> tuple[list[dict], dict[str, list[dict
     train = []
     for i, p in enumerate(generate_split("id", N_TEST + N_TRAIN, SEED)[N_TEST:]):
         seq = sentences(p, rng, most or 0)
-        texts, answer = rationales(p, seq, rng), str(p.answer)
-        spans = [{"start": t.rfind(answer), "end": t.rfind(answer) + len(answer)} for t in texts]
+        answer = str(p.answer)
+        texts, spans = [], []
+        for text in rationales(p, seq, rng):
+            text, (start, end), _ = with_answer_sentence(text, answer)
+            texts.append(text)
+            spans.append({"start": start, "end": end})
         train.append(
             dict(
                 question_id=f"train-{i}",
@@ -153,7 +161,7 @@ def run_layout(layout: str, seed: int) -> dict:
     from mcckd.stages import STAGES, execute
     from mcckd.training.config import TrainConfig
 
-    out = OUT / layout / f"seed-{seed}"
+    out = run_dir(layout, seed)
     train, tests = layout_rows(layout, seed)
     trainset = write_table(train, out / "train.parquet", TRAINSET)
     test_files = {split: write_table(rows, out / f"test_{split}.parquet", QUESTIONS) for split, rows in tests.items()}
@@ -190,12 +198,12 @@ def four_step_rationales(run: Path) -> int:
 
 def child(layout: str, seed: int, cores: queue.Queue) -> dict:
     """One (layout, seed) in its own process on a free core, one thread, as the demo runs its trainings."""
-    result = OUT / layout / f"seed-{seed}" / "result.json"
+    result = run_dir(layout, seed) / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
     core = cores.get()
     try:
-        log = OUT / layout / f"seed-{seed}.log"
+        log = run_dir(layout, seed).with_suffix(".log")
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = ["taskset", "-c", str(core), sys.executable, __file__, "--child", layout, str(seed)]
         with log.open("w") as handle:
@@ -226,7 +234,7 @@ def main() -> None:
         results = list(pool.map(lambda run: child(*run, cores), runs))
     for r in results:
         print(f"{r['layout']} seed {r['seed']} ({r['train_s']} s training): {json.dumps(r['accuracy'])}")
-        r["four_steps"] = four_step_rationales(OUT / r["layout"] / f"seed-{r['seed']}")
+        r["four_steps"] = four_step_rationales(run_dir(r["layout"], r["seed"]))
         print(f"  ood_steps rationales with four steps: {r['four_steps']} of {N_TEST}")
     for r in results[:: len(args.seeds)]:
         print(f"  {r['layout']}, e.g.: {r['example']['question']} -> {r['example']['rationales'][0]}")

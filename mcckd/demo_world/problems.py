@@ -110,11 +110,16 @@ class Problem:
     events: tuple[Event, ...]
 
     @property
-    def question(self) -> str:
+    def sentences(self) -> list[str]:
+        """The start, one sentence per event, and the question asked."""
         parts = [f"{self.name} has {self.start} {self.item}."]
         parts += [e.template.format(name=self.name, n=e.amount, item=self.item) for e in self.events]
         parts.append(f"How many {self.item} does {self.name} have now?")
-        return " ".join(parts)
+        return parts
+
+    @property
+    def question(self) -> str:
+        return " ".join(self.sentences)
 
     @property
     def steps(self) -> list[tuple[int, str, int, int]]:
