@@ -22,6 +22,11 @@ Layouts (the rationales are the world's generator's, so no teacher error is in t
   sees walks of up to 5 or 6 sentences.
 - ``walk-distractors-3-eq``: as ``-3``, but an irrelevant sentence gets an identity equation ("It is
   a sunny day: 58 + 0 = 58."), so distillation also sees up to 6 equations.
+- ``world``: the demo world as it is, ``id`` problems with their asides and two plain-2 rationales
+  from its generator (which walk them), tested on the world's own test sets: what the demo's
+  students would reach with a perfect teacher.
+
+Every other layout draws its problems without the world's asides, as they were measured.
 
 Distractor layouts are evaluated on the plain test questions and on the same problems with
 distractors drawn as in training (``<split>_d``). Prints every run's accuracies, then
@@ -43,19 +48,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mcckd.demo_world.problems import ASIDES
 from mcckd.paths import PROJECT_ROOT
 
 OUT = PROJECT_ROOT / "runs" / "benchmarks" / "ood_steps"
 STEP = re.compile(r"\d+ [+-] (\d+) = \d+")
 N_TRAIN, N_TEST, SEED = 600, 200, 0
-DISTRACTORS = [
-    "{name} likes the {item} a lot.",
-    "The {item} are in a box.",
-    "{name} counts the {item}.",
-    "{name} keeps the {item} on a shelf.",
-    "It is a sunny day.",
-    "{name} smiles at a friend.",
-]
 # layout -> most distractors per question (None: none, and no "_d" test sets)
 LAYOUTS: dict[str, int | None] = {
     "styles": None,
@@ -65,6 +63,7 @@ LAYOUTS: dict[str, int | None] = {
     "walk-distractors-2": 2,
     "walk-distractors-3": 3,
     "walk-distractors-3-eq": 3,
+    "world": None,
 }
 
 
@@ -74,17 +73,20 @@ def run_dir(layout: str, seed: int) -> Path:
 
 def layout_rows(layout: str, seed: int) -> tuple[list[dict], dict[str, list[dict]]]:
     """Training rows (two gold rationales per question) and test rows per split for ``layout``."""
+    from dataclasses import replace
+
     from mcckd.demo_world.problems import SPLITS, Problem, answer_sentence, equation, generate_split, write_rationale
     from mcckd.stages.materialize import with_answer_sentence
 
     rng, test_rng = random.Random(seed), random.Random(SEED + 1)
     most = LAYOUTS[layout]
+    specs = {split: spec if layout == "world" else replace(spec, asides=0) for split, spec in SPLITS.items()}
 
     def sentences(p: Problem, r: random.Random, n_distractors: int) -> list[tuple[int | None, str]]:
         """(event index or None for a distractor, sentence) after the start sentence."""
-        seq: list[tuple[int | None, str]] = list(enumerate(p.sentences[1:-1]))
+        seq = p.told
         for _ in range(r.randint(0, n_distractors)):
-            seq.insert(r.randint(0, len(seq)), (None, r.choice(DISTRACTORS).format(name=p.name, item=p.item)))
+            seq.insert(r.randint(0, len(seq)), (None, r.choice(ASIDES).format(name=p.name, item=p.item)))
         return seq
 
     def question(p: Problem, seq: list[tuple[int | None, str]]) -> str:
@@ -116,10 +118,12 @@ def layout_rows(layout: str, seed: int) -> tuple[list[dict], dict[str, list[dict
             return [reduce(p, seq, r), reduce(p, seq, r)]
         if layout == "quote" or layout.startswith("walk-"):
             return [walk(p, seq, r, ": "), walk(p, seq, r, ", so ")]
+        if layout == "world":
+            return [write_rationale(p, "plain", 2, r), write_rationale(p, "plain", 2, r)]
         return [write_rationale(p, "plain", 2, r), write_rationale(p, "subq", 2, r)]
 
     train = []
-    for i, p in enumerate(generate_split("id", N_TEST + N_TRAIN, SEED)[N_TEST:]):
+    for i, p in enumerate(generate_split("id", N_TEST + N_TRAIN, SEED, specs["id"])[N_TEST:]):
         seq = sentences(p, rng, most or 0)
         answer = str(p.answer)
         texts, spans = [], []
@@ -140,7 +144,7 @@ def layout_rows(layout: str, seed: int) -> tuple[list[dict], dict[str, list[dict
         )
     tests: dict[str, list[dict]] = {}
     for split in SPLITS:
-        problems = generate_split(split, N_TEST + (N_TRAIN if split == "id" else 0), SEED)[:N_TEST]
+        problems = generate_split(split, N_TEST + (N_TRAIN if split == "id" else 0), SEED, specs[split])[:N_TEST]
         for suffix, n in [("", 0)] + ([("_d", most)] if most else []):
             tests[split + suffix] = [
                 dict(

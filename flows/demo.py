@@ -29,7 +29,7 @@ from mcckd.store import atomic_stage_dir, fingerprint, is_complete
 from mcckd.teachers import Sampling, TeacherSpec
 from mcckd.training.config import TrainConfig
 
-QUESTIONS_VERSION = 2  # 2: adds test_ood_mixed.parquet
+QUESTIONS_VERSION = 3  # 2: adds test_ood_mixed.parquet; 3: id problems tell asides
 # The demo's models are a few MB: half a GiB of KV cache holds every sequence the stages decode at
 # once, and allocating it takes no time (the default fraction of RAM would zero GiBs at start-up).
 SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
@@ -42,13 +42,12 @@ class DemoSettings(BaseModel):
     test_questions: int = 200
     data_seed: int = 0  # draws the questions and the teacher's samples
     # (CoT format, granularity) prompts to the teacher (arXiv 2502.18001); "any" lets it choose.
-    # Rationales that restate the running amount suit this student (README: the demo world).
-    cot_styles: list[tuple[str, str]] = Field(
-        [("plain", "2"), ("subq", "2")], description="(CoT format, granularity) prompts"
-    )
-    num_samples: int = Field(2, description="rationales per question and CoT style")
+    # Plain-2 walks every sentence of the question, asides included, which is what lets this student
+    # walk four events (README: the demo world).
+    cot_styles: list[tuple[str, str]] = Field([("plain", "2")], description="(CoT format, granularity) prompts")
+    num_samples: int = Field(4, description="rationales per question and CoT style")
     temperature: float = 0.8
-    k: int = 3
+    k: int = 2  # walked rationales are long: two per question keep a cold demo in 15 minutes (README: time)
     epochs: int = 20
     alpha: float = 0.05
     questions_per_batch: int = 16

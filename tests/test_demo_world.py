@@ -27,6 +27,7 @@ from mcckd.demo_world.build import (
     tokenizer_texts,
 )
 from mcckd.demo_world.problems import (
+    ASIDES,
     EVENTS,
     FORMATS,
     GRANULARITIES,
@@ -48,6 +49,25 @@ def test_problems_stay_in_range_and_are_reproducible(split):
         assert len(p.events) in SPLITS[split].steps
         assert all(1 <= e.amount <= MAX_AMOUNT for e in p.events)
         assert all(0 <= before <= 99 and 0 <= after <= 99 for before, _, _, after in p.steps)
+        assert len(p.asides) <= SPLITS[split].asides
+
+
+def test_only_in_distribution_problems_tell_asides_and_the_detailed_plain_rationales_walk_them():
+    rng = random.Random(0)
+    counts = {}
+    for split in SPLITS:
+        for p in generate_split(split, 300, seed=5):
+            counts.setdefault(split, set()).add(len(p.asides))
+            said = [sentence for i, sentence in p.told if i is None]
+            assert len(p.question.split(". ")) == len(p.events) + len(said) + 2
+            for fmt in FORMATS:
+                for level in GRANULARITIES:
+                    text = write_rationale(p, fmt, level, rng)
+                    walked = fmt == "plain" and level >= 2
+                    assert all((s[:-1] in text) == walked for s in said), (fmt, level, text)
+                    assert text.count("still") == (len(said) if walked else 0), text
+    assert counts == {"id": {0, 1, 2}, "ood_steps": {0}, "ood_templates": {0}, "ood_mixed": {0}}
+    assert len({t for p in generate_split("id", 300, seed=5) for _, t in p.asides}) == len(ASIDES)
 
 
 def test_a_mixed_problem_tells_exactly_one_event_in_an_unseen_sentence():
@@ -94,10 +114,26 @@ def _tokenizer_model(tokenizer: PreTrainedTokenizerFast) -> dict:
     return json.loads(tokenizer.backend_tokenizer.to_str())["model"]  # vocabulary and merges
 
 
-def test_the_committed_tokenizer_is_what_the_build_makes_from_this_code():
-    built = _tokenizer_model(train_tokenizer(tokenizer_texts(), vocab_size=TOKENIZER_VOCAB))
-    for folder in (TOKENIZER_DIR, TEACHER_DIR, STUDENT_BASE_DIR):
-        assert _tokenizer_model(PreTrainedTokenizerFast.from_pretrained(str(folder))) == built, folder
+def test_the_committed_tokenizer_is_shared_and_reads_every_text_of_this_world():
+    """The committed tokenizer (built before asides, README: the demo world) is the one all three
+    models use, and it still encodes this world's text losslessly, without unknown tokens."""
+    committed = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    for folder in (TEACHER_DIR, STUDENT_BASE_DIR):
+        assert _tokenizer_model(PreTrainedTokenizerFast.from_pretrained(str(folder))) == _tokenizer_model(committed)
+    for text in tokenizer_texts()[::7]:
+        ids = committed(text, add_special_tokens=False).input_ids
+        assert committed.unk_token_id not in ids and committed.decode(ids) == text, text
+
+
+def test_a_tokenizer_built_from_this_world_reads_it_no_better_than_the_committed_one_by_much():
+    """A rebuild of the tokenizer would gain little: the committed one's sequences are at most 10%
+    longer than those of one trained on this code's text."""
+    texts = tokenizer_texts()
+    built = train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB)
+    committed = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
+    sample = texts[::5]
+    lengths = [sum(len(t(x, add_special_tokens=False).input_ids) for x in sample) for t in (committed, built)]
+    assert lengths[0] <= 1.10 * lengths[1], lengths
 
 
 def test_the_committed_models_were_trained_on_the_text_this_code_writes():
@@ -109,7 +145,7 @@ def test_the_committed_models_were_trained_on_the_text_this_code_writes():
         assert examples_digest(make(build["examples"])) == build["examples_sha256"], folder
 
 
-@pytest.mark.parametrize("layout", ["styles", "reduce", "skip-distractors", "walk-distractors-3-eq"])
+@pytest.mark.parametrize("layout", ["styles", "reduce", "skip-distractors", "walk-distractors-3-eq", "world"])
 def test_the_ood_steps_benchmark_layouts_are_correct_and_keep_the_problems(layout):
     """``benchmarks/ood_steps.py``'s gold rationales are right as the judge reads them, their answer
     spans point at the answer, and its distractor test sets ask the plain test sets' problems."""

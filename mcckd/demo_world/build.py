@@ -1,8 +1,8 @@
 """Build the demo world's models once, by script: a tokenizer, a teacher, and a pretrained student base.
 
     python -m mcckd.demo_world.build tokenizer
-    python -m mcckd.demo_world.build teacher --steps 1800
     python -m mcckd.demo_world.build student-base --steps 1500 --precision fp32
+    python -m mcckd.demo_world.build teacher --steps 2400
 
 The teacher is a small LLaMA trained from scratch on worked rationales of every split, in every
 CoT format and granularity, so it solves what it was trained on and writes in several styles. The
@@ -10,7 +10,9 @@ student base is a smaller LLaMA pretrained on the world's text without worked re
 questions, arithmetic facts and running sums (it adds and subtracts reliably, as a real pretrained
 student does), and what each event sentence means (more or fewer items), ood templates included.
 Distillation then has to teach it to reason. Both are trained with the pipeline's own trainer and
-committed under ``assets/demo`` (a few MB each), so the demo downloads nothing.
+committed under ``assets/demo`` (a few MB each), so the demo downloads nothing. The committed
+tokenizer and student base are those of commit 0eddcb1, built before ``id`` problems told asides:
+the base reads problems without them, and the tokenizer reads them (a test checks both).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import json
 import random
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -32,6 +35,7 @@ from mcckd.demo_world.problems import (
     ITEMS,
     MAX_AMOUNT,
     NAMES,
+    SPLITS,
     generate_split,
     write_rationale,
 )
@@ -47,9 +51,11 @@ TEACHER_SHAPE = dict(hidden_size=192, num_attention_heads=3, num_hidden_layers=4
 STUDENT_SHAPE = dict(hidden_size=128, num_attention_heads=2, num_hidden_layers=3, intermediate_size=384)
 # Seeds for model-building data, kept apart from the seeds the flow draws questions with.
 BUILD_SEED = 10_000
-# The splits whose questions the student base reads (ood_mixed's sentences are all among theirs);
-# the committed base was built from exactly these.
+# The splits whose questions the student base reads (ood_mixed's sentences are all among theirs),
+# without asides: the committed base was built from exactly these.
 BASE_READING_SPLITS = ("id", "ood_steps", "ood_templates")
+# Teacher examples are longer than the trainer's default 256 tokens once asides are walked.
+TEACHER_MAX_LENGTH = 384
 
 
 def teacher_examples(n: int, seed: int) -> list[Example]:
@@ -100,7 +106,8 @@ def student_base_texts(n: int, seed: int) -> list[str]:
     templates = [t for kind in EVENTS.values() for t in kind]
     texts = []
     for split in BASE_READING_SPLITS:
-        problems = generate_split(split, n // (4 * len(BASE_READING_SPLITS)), seed)
+        spec = replace(SPLITS[split], asides=0)
+        problems = generate_split(split, n // (4 * len(BASE_READING_SPLITS)), seed, spec)
         for p in problems[: len(problems) // 2]:
             texts.append(p.question)
         for p in problems[len(problems) // 2 :]:
@@ -200,7 +207,7 @@ def main() -> None:
     configure_local_runtime()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["tokenizer", "teacher", "student-base"])
-    parser.add_argument("--steps", type=int, default=1800, help="optimizer steps of 64 sequences")
+    parser.add_argument("--steps", type=int, required=True, help="optimizer steps of 64 sequences")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     args = parser.parse_args()
     if args.what == "tokenizer":
@@ -212,6 +219,7 @@ def main() -> None:
         epochs=1, questions_per_batch=batch, learning_rate=2e-3, warmup_ratio=0.03, precision=args.precision
     )
     if args.what == "teacher":
+        cfg = cfg.model_copy(update={"max_length": TEACHER_MAX_LENGTH})
         examples = teacher_examples(args.steps * batch, BUILD_SEED)
         train_and_save(new_llama(tokenizer, TEACHER_SHAPE), tokenizer, examples, cfg, TEACHER_DIR, "teacher")
     else:

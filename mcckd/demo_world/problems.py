@@ -6,7 +6,10 @@ events, the training templates) is what the student is distilled on; ``ood_steps
 ``ood_templates`` uses only event sentences the student never saw, and ``ood_mixed`` is an ``id``
 problem with exactly one of its events told in an unseen sentence (a partial shift, as SVAMP is to
 GSM8K). The teacher is trained on the first three, so the teacher-student gap out of distribution
-is measurable.
+is measurable. ``id`` problems also tell 0-2 asides, sentences that change nothing ("It is a sunny
+day."), which the detailed plain rationales walk ("It is a sunny day: still 58."): a student
+distilled on them sees walks of 2 to 5 sentences in which the k-th sentence is not the k-th event,
+and that is what lets it walk four events (README: the demo world).
 
 Rationales come in the CoT formats of arXiv 2502.18001 (plain, sub-question chain,
 rephrase-and-respond, symbolic) at three granularity levels (1 terse .. 3 detailed), with phrase
@@ -66,6 +69,15 @@ EVENTS = {
 }
 # Short verb phrases for the detailed rationales, keyed by the event template.
 EVENT_PHRASES = {template: phrase for _, template, phrase in _ID_EVENTS + _OOD_EVENTS}
+# Sentences that change nothing, told among an ``id`` problem's events.
+ASIDES = [
+    "{name} likes the {item} a lot.",
+    "The {item} are in a box.",
+    "{name} counts the {item}.",
+    "{name} keeps the {item} on a shelf.",
+    "It is a sunny day.",
+    "{name} smiles at a friend.",
+]
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,11 @@ class SplitSpec:
     steps: tuple[int, ...]
     templates: str  # key of EVENTS
     one_unseen: bool = False  # one event, at a random place, draws from EVENTS["ood"] instead
+    asides: int = 0  # at most this many ASIDES, each anywhere among the events
 
 
 SPLITS: dict[str, SplitSpec] = {
-    "id": SplitSpec(steps=(2, 3), templates="id"),
+    "id": SplitSpec(steps=(2, 3), templates="id", asides=2),
     "ood_steps": SplitSpec(steps=(4,), templates="id"),
     "ood_templates": SplitSpec(steps=(2, 3), templates="ood"),
     "ood_mixed": SplitSpec(steps=(2, 3), templates="id", one_unseen=True),
@@ -108,12 +121,27 @@ class Problem:
     item: str
     start: int
     events: tuple[Event, ...]
+    asides: tuple[tuple[int, str], ...] = ()  # (index of the event it comes before, ASIDES template)
+
+    @property
+    def told(self) -> list[tuple[int | None, str]]:
+        """The sentences between the start and the question, in order: (event index, or None for an
+        aside, sentence)."""
+        out: list[tuple[int | None, str]] = []
+        for i in range(len(self.events) + 1):
+            out += [(None, self._say(t)) for place, t in self.asides if place == i]
+            if i < len(self.events):
+                out.append((i, self._say(self.events[i].template, self.events[i].amount)))
+        return out
+
+    def _say(self, template: str, n: int = 0) -> str:
+        return template.format(name=self.name, n=n, item=self.item)
 
     @property
     def sentences(self) -> list[str]:
-        """The start, one sentence per event, and the question asked."""
+        """The start, the told sentences, and the question asked."""
         parts = [f"{self.name} has {self.start} {self.item}."]
-        parts += [e.template.format(name=self.name, n=e.amount, item=self.item) for e in self.events]
+        parts += [sentence for _, sentence in self.told]
         parts.append(f"How many {self.item} does {self.name} have now?")
         return parts
 
@@ -152,16 +180,21 @@ def draw_problem(rng: random.Random, spec: SplitSpec) -> Problem:
         amount = rng.randint(1, min(MAX_AMOUNT, 99 - value if kind == "add" else value - 1))
         value = value + amount if kind == "add" else value - amount
         events.append(Event(kind, amount, template))
-    return Problem(rng.choice(NAMES), rng.choice(ITEMS), start, tuple(events))
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    asides: list[tuple[int, str]] = []
+    if spec.asides:  # drawn only here, so the problems of the other splits stay as they were
+        asides = sorted((rng.randint(0, n_steps), rng.choice(ASIDES)) for _ in range(rng.randint(0, spec.asides)))
+    return Problem(name, item, start, tuple(events), tuple(asides))
 
 
-def generate_split(split: str, n: int, seed: int) -> list[Problem]:
-    """``n`` distinct problems of ``split``, reproducible from ``seed``."""
+def generate_split(split: str, n: int, seed: int, spec: SplitSpec | None = None) -> list[Problem]:
+    """``n`` distinct problems of ``split`` (drawn as ``spec``, by default the split's own),
+    reproducible from ``seed``."""
     rng = random.Random(f"{split}:{seed}")
     seen: set[str] = set()
     problems: list[Problem] = []
     while len(problems) < n:
-        p = draw_problem(rng, SPLITS[split])
+        p = draw_problem(rng, spec or SPLITS[split])
         if p.question not in seen:
             seen.add(p.question)
             problems.append(p)
@@ -181,7 +214,9 @@ def equation(rng: random.Random, before: int, op: str, amount: int, after: int) 
 
 
 def write_rationale(p: Problem, fmt: str, level: int, rng: random.Random) -> str:
-    """A correct rationale for ``p`` in CoT format ``fmt`` at granularity ``level`` (1..3)."""
+    """A correct rationale for ``p`` in CoT format ``fmt`` at granularity ``level`` (1..3).
+
+    Only the detailed plain rationales (levels 2 and 3) walk the asides; the others skip them."""
     steps = p.steps
     phrases = [EVENT_PHRASES[e.template].format(n=e.amount) for e in p.events]
     eqs = [equation(rng, *s) for s in steps]
@@ -189,16 +224,21 @@ def write_rationale(p: Problem, fmt: str, level: int, rng: random.Random) -> str
     if fmt == "plain":
         if level == 1:
             lines = [f"{eq}." for eq in eqs]
-        elif level == 2:
-            lines = [f"{rng.choice(['Start with', 'Begin with'])} {p.start}."]
-            lines += [
-                f"{'Add' if s[1] == '+' else 'Take away'} {s[2]}: {eq}." for s, eq in zip(steps, eqs, strict=True)
-            ]
+        elif level == 2:  # walks every told sentence, asides included
+            join, value = rng.choice([": ", ", so "]), p.start
+            lines = [p.sentences[0]]
+            for i, sentence in p.told:
+                value = value if i is None else steps[i][3]
+                lines.append(f"{sentence[:-1]}{join}{f'still {value}' if i is None else eqs[i]}.")
         else:
-            lines = [f"{p.name} starts with {p.start} {p.item}."]
-            for eq, ph in zip(eqs, phrases, strict=True):
-                lead = rng.choice(["After", "Then, after"])
-                lines.append(f"{lead} {ph}, {p.name} has {eq} {p.item}.")
+            lines, value = [f"{p.name} starts with {p.start} {p.item}."], p.start
+            for i, sentence in p.told:
+                if i is None:
+                    lines.append(f"{sentence[:-1]}, so {p.name} still has {value} {p.item}.")
+                else:
+                    value = steps[i][3]
+                    lead = rng.choice(["After", "Then, after"])
+                    lines.append(f"{lead} {phrases[i]}, {p.name} has {eqs[i]} {p.item}.")
     elif fmt == "subq":
         for i, (eq, ph) in enumerate(zip(eqs, phrases, strict=True)):
             if level == 1:
