@@ -36,7 +36,7 @@ SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
 
 
 class DemoSettings(BaseModel):
-    """The demo's size; the defaults fit the 15-minute budget on 2 AVX-512/AMX cores, not AVX2 (README: time)."""
+    """The demo's size, meant for the 15-minute budget on 2 AVX-512/AMX cores (an estimate; AVX2 misses it: README)."""
 
     # 1,200 questions for 10 epochs, not 600 for 20: the same 720 steps, and Std-CoT id 0.78 instead of
     # 0.46-0.58 on the same machine (README: the demo world, distinct questions).
