@@ -140,14 +140,18 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trains
     assert summary["processes"] == 2
     assert summary["weight_hashes"][0] == summary["weight_hashes"][1]
     # Each rank takes its share of every batch, weighted, and DDP averages gradients: the same
-    # optimisation as one process up to float summation order. Those 1e-7 differences grow over
-    # hundreds of steps (measured, largest relative gap: 8e-6 in epoch 1, 1e-3 by step 50, 6% by
-    # step 100, 0.3% at the end), so the first epoch is compared closely and the end loosely.
+    # optimisation as one process up to float summation order. Those 1e-7 differences grow as
+    # between two seeds (measured over seeds 0-2: at most 6e-6 apart in epoch 1, 5e-3 in epoch 2,
+    # 7% in epoch 3, up to 31% by the end), so the first two epochs are compared step by step (a
+    # batch or shuffle that differs from the single process's shows there as 14% or more) and the
+    # end only as a run that learned as much.
     ddp = torch.tensor([r[1] for r in losses(out)])
     single = torch.tensor([r[1] for r in losses(reference[0])])
     assert len(ddp) == len(single) == ref_summary["steps"]
     assert torch.allclose(ddp[:25], single[:25], rtol=1e-4)
-    assert torch.allclose(ddp[-1], single[-1], rtol=0.05)
+    assert torch.allclose(ddp[25:50], single[25:50], rtol=3e-2)
+    assert ddp[-25:].mean() < 0.3 * ddp[:25].mean()
+    assert 2 / 3 < ddp[-25:].mean() / single[-25:].mean() < 1.5
 
 
 def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
