@@ -36,7 +36,7 @@ SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
 
 
 class DemoSettings(BaseModel):
-    """The demo's size, meant for the 15-minute budget on 2 AVX-512 cores (AVX2 misses it: README)."""
+    """The demo's size: a cold demo takes 15 min 28 s on 2 AVX-512 cores, longer on AVX2 (README: time)."""
 
     # 2,400 questions for 5 epochs, not 600 for 20: the same ~720 steps, and Std-CoT id 0.86 +/- 0.02
     # over three seeds instead of 0.5 (README: the demo world, distinct questions).
