@@ -115,7 +115,8 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
 
 class DemoSweep(BaseModel):
     """The demo world's CoT-factor sweep: the demo teacher in 2 formats x 2 granularities, Std-CoT and
-    MCC-KD, 2 seeds each; half the demo's questions and 12 epochs, so that its 16 trainings fit a CPU machine."""
+    MCC-KD, 2 seeds each; 300 questions and 12 epochs, so that its 16 trainings fit a CPU machine
+    (too few for the walked rationales of the asides world to be learned: README, the sweep)."""
 
     train_questions: int = 300
     test_questions: int = 100
