@@ -49,7 +49,7 @@ class DemoSettings(BaseModel):
     cot_styles: list[tuple[str, str]] = Field([("plain", "2")], description="(CoT format, granularity) prompts")
     num_samples: int = Field(4, description="rationales per question and CoT style")
     temperature: float = 0.8
-    k: int = 2  # walked rationales are long: two per question keep a cold demo in 15 minutes (README: time)
+    k: int = 2  # walked rationales are long: two per question keep a cold demo near 15 minutes (README: time)
     epochs: int = 5
     alpha: float = 0.05
     questions_per_batch: int = 16
