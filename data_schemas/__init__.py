@@ -73,6 +73,19 @@ REJECTIONS = pa.schema(
 )
 
 
+# Decontamination: one row per (training question, test set, test question) sharing a word n-gram.
+OVERLAPS = pa.schema(
+    [
+        ("question_id", pa.string()),  # the training question
+        ("question", pa.string()),
+        ("test_set", pa.string()),
+        ("test_question_id", pa.string()),
+        ("test_question", pa.string()),
+        ("ngram", pa.string()),  # the first shared n-gram, normalised (lowercase, no punctuation)
+    ]
+)
+
+
 def rejection(
     stage: str, question_id: str, reason: str, detail: str = "", teacher: str = "", sample_index: int = -1
 ) -> dict:

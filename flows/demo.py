@@ -22,6 +22,7 @@ from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
 from mcckd.demo_world.problems import SPLITS, write_question_sets
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
+from mcckd.stages.decontaminate import DecontaminateSettings
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.stages.select import SelectSettings
 from mcckd.stages.train import TrainSettings
@@ -33,6 +34,10 @@ QUESTIONS_VERSION = 3  # 2: adds test_ood_mixed.parquet; 3: id problems tell asi
 # The demo's models are a few MB: half a GiB of KV cache holds every sequence the stages decode at
 # once, and allocating it takes no time (the default fraction of RAM would zero GiBs at start-up).
 SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
+# The demo world writes every split from the same templates, so its questions share 8-grams by design
+# (2,277 of the 2,400 training questions would go); its generator keeps test questions distinct from
+# training ones, and exact copies are what decontamination checks here.
+WHOLE_QUESTIONS = DecontaminateSettings(ngram=None)
 
 
 class DemoSettings(BaseModel):
@@ -107,6 +112,7 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
             seed=settings.data_seed,
         ),
         select=SelectSettings(k=settings.k),
+        decontaminate=WHOLE_QUESTIONS,
         students=demo_methods(loop, settings.alpha, settings.seeds),
         student_eval=StudentEval(samples=settings.eval_samples, vllm=SMALL_ENGINE),
         parallel_trains=settings.parallel_trains,
@@ -157,6 +163,7 @@ def demo_sweep_config(
         sampling=Sampling(temperature=0.8),
         seed=settings.data_seed,
         select=SelectSettings(k=settings.k),
+        decontaminate=WHOLE_QUESTIONS,
         methods=demo_methods(loop, settings.alpha, settings.seeds),
         student_eval=StudentEval(vllm=SMALL_ENGINE),
         parallel_trains=settings.parallel_trains,

@@ -1,4 +1,5 @@
-"""The end-to-end distillation flow: sample -> judge -> select -> materialize -> train -> evaluate.
+"""The end-to-end distillation flow: sample -> judge -> select -> decontaminate -> materialize -> train
+-> evaluate.
 
 Each stage's output folder is named by a fingerprint of its settings and its inputs' fingerprints
 (teacher and base-model weights by content). The flow computes every fingerprint up front, so an
@@ -19,14 +20,17 @@ from prefect import flow
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 from prefect.states import State
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from mcckd import report
 from mcckd.generation import VllmSettings
+from mcckd.models import model_fingerprint
 from mcckd.paths import PROJECT_ROOT
 from mcckd.stages import STAGES, stage_fingerprint
+from mcckd.stages.decontaminate import DecontaminateSettings
 from mcckd.stages.evaluate import EvaluateSettings
+from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.judge import JudgeSettings
 from mcckd.stages.materialize import MaterializeSettings
 from mcckd.stages.sample import SampleSettings
@@ -38,13 +42,14 @@ from tasks.stages import TASKS
 
 
 class StudentEval(BaseModel):
-    """How every model is decoded at evaluation (students and the base also share a template)."""
+    """How every model is decoded at evaluation (each student is asked as it was trained: its
+    ``TrainSettings.template`` or ``chat``; the untrained base as the first method's students)."""
 
-    template: str = Field("student", description="prompt template in prompts/ for the students and the base")
     max_tokens: int = Field(192, ge=1, description="longest answer generated")
     samples: int = Field(1, ge=1, description="1 = greedy; n > 1 = self-consistency (majority vote over n)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of self-consistency")
     vllm: VllmSettings = Field(VllmSettings(), description="the evaluation engine (KV cache, dtype, parallelism)")
+    max_questions: int | None = Field(None, ge=1, description="only the first N questions of each test set")
 
 
 class StudentMethod(BaseModel):
@@ -62,7 +67,7 @@ class StageDeployments(BaseModel):
     """Deployments of the ``stage`` flow (``flows/stage.py``) that run stages on their own work pools."""
 
     accelerator: str = Field("stage/stage-gpu", description="runs sample, train and evaluate (a GPU pool)")
-    cpu: str = Field("stage/stage-cpu", description="runs judge, select and materialize (a CPU pool)")
+    cpu: str = Field("stage/stage-cpu", description="runs judge, select, decontaminate and materialize (a CPU pool)")
 
 
 class RunConfig(BaseModel):
@@ -73,10 +78,18 @@ class RunConfig(BaseModel):
     report_dir: Path = Field(PROJECT_ROOT / "runs" / "latest", description="report.md, metrics.json and plots")
     test_sets: dict[str, Path] = Field(
         description="name -> test set (questions Parquet, JSON/JSONL/Parquet with the import stage's field names, "
-        "or a datasets folder); every model is evaluated on each"
+        "or a datasets folder); every model is evaluated on each, and no training question may overlap one"
+    )
+    test_fields: dict[str, dict[str, str]] = Field(
+        {},
+        description="test set name -> {our field (question, answer, id): the file's column}, for files that "
+        "name them otherwise",
     )
     judge: JudgeSettings = Field(JudgeSettings(), description="how answers are read and which rationales count")
     select: SelectSettings = Field(SelectSettings(), description="K diverse correct rationales per question")
+    decontaminate: DecontaminateSettings = Field(
+        DecontaminateSettings(), description="training questions sharing a word n-gram with a test question are removed"
+    )
     materialize: MaterializeSettings = Field(MaterializeSettings(), description="the training set's answer spans")
     teacher_eval_template: str = Field("demo_teacher", description="prompt template the teachers are evaluated with")
     student_eval: StudentEval = Field(StudentEval(), description="how every model is decoded at evaluation")
@@ -92,10 +105,25 @@ class RunConfig(BaseModel):
         "shared); None runs every stage under this flow run, on this machine",
     )
 
+    @field_validator("test_sets")
+    @classmethod
+    def _test_set_names(cls, test_sets: dict[str, Path]) -> dict[str, Path]:
+        if "selected" in test_sets:
+            raise ValueError("a test set may not be named 'selected' (the decontaminate stage's training input)")
+        return test_sets
+
 
 class DistillConfig(RunConfig):
-    train_questions: Path = Field(description="questions with gold answers that the teachers answer (Parquet)")
-    sample: SampleSettings = Field(description="teachers, prompts (CoT format x granularity), samples per question")
+    train_questions: Path | None = Field(
+        None,
+        description="questions with gold answers that the teachers answer (any format mcckd.readers reads); "
+        "with recorded: gold answers for a recorded file that has none, joined on the question",
+    )
+    sample: SampleSettings | None = Field(
+        None, description="teachers, prompts (CoT format x granularity), samples per question"
+    )
+    recorded: Path | None = Field(None, description="rationales you already have, imported instead of sampled")
+    recorded_as: ImportSettings = Field(ImportSettings(), description="how the recorded file is read")
     students: dict[str, StudentMethod] = Field(description="name -> method and seeds, e.g. std_cot, mcc_kd")
     baseline: str | None = Field(
         None,
@@ -107,7 +135,15 @@ class DistillConfig(RunConfig):
     def _baseline(self) -> DistillConfig:
         if self.baseline is not None and self.baseline not in self.students:
             raise ValueError(f"baseline {self.baseline!r} is not a student method ({sorted(self.students)})")
+        if (self.sample is None) == (self.recorded is None):
+            raise ValueError("give exactly one source of rationales: sample (teachers) or recorded (a file)")
+        if self.sample is not None and self.train_questions is None:
+            raise ValueError("sample needs train_questions: the questions the teachers answer")
         return self
+
+    @property
+    def teachers(self) -> list[TeacherSpec]:
+        return self.sample.teachers if self.sample is not None else []
 
     @property
     def baseline_method(self) -> str:
@@ -135,6 +171,7 @@ STAGE_OUTPUT = {
     "import": "samples.parquet",
     "judge": "judged.parquet",
     "select": "selected.parquet",
+    "decontaminate": "selected.parquet",
 }
 STAGE_OUTPUT |= {"materialize": "train.parquet", "train": "model", "evaluate": "accuracy.json"}
 
@@ -190,15 +227,50 @@ def _publish(key: str, stage: str, out: Path) -> None:
     )
 
 
-def curate(config: RunConfig, samples: Ref, label: str = "") -> tuple[Ref, Ref, Ref]:
-    """judge -> select -> materialize on one stage's samples: (judged, selected, trainset)."""
+class Curated(NamedTuple):
+    """The curation stages of one source of rationales."""
+
+    judged: Ref
+    selected: Ref
+    decontaminated: Ref  # selected, less the rationales of questions that overlap a test set
+    trainset: Ref
+
+
+def rationale_source(config: DistillConfig, teacher_fps: dict[str, str]) -> Ref:
+    """The rationales: sampled from the teachers, or imported from the recorded file."""
+    if config.sample is None:
+        labels = {"labels": file_ref(config.train_questions)} if config.train_questions else {}
+        return run_stage(config, "import", config.recorded_as, {"recorded": file_ref(config.recorded)} | labels, {})
+    questions = {"questions": file_ref(config.train_questions)}
+    identity = {f"teacher:{name}": fp for name, fp in teacher_fps.items()}
+    return run_stage(config, "sample", config.sample, questions, identity)
+
+
+def decontaminate_inputs(config: RunConfig, selected: Ref) -> dict[str, Ref]:
+    """The decontaminate stage's inputs: the selected rationales and every test set of ``config``."""
+    return {"selected": selected} | test_refs(config)
+
+
+def curate(config: RunConfig, samples: Ref, label: str = "") -> Curated:
+    """judge -> select -> decontaminate -> materialize on one stage's samples; says on the console
+    which test sets the training questions overlapped."""
     suffix = f" {label}" if label else ""
     judged = run_stage(config, "judge", config.judge, {"samples": samples}, {}, label=f"judge{suffix}")
     selected = run_stage(config, "select", config.select, {"judged": judged}, {}, label=f"select{suffix}")
-    trainset = run_stage(
-        config, "materialize", config.materialize, {"selected": selected}, {}, label=f"materialize{suffix}"
+    decontaminated = run_stage(
+        config,
+        "decontaminate",
+        config.decontaminate.model_copy(update={"fields": config.test_fields}),
+        decontaminate_inputs(config, selected),
+        {},
+        label=f"decontaminate{suffix}",
     )
-    return judged, selected, trainset
+    for line in report.contamination_lines(decontaminated.path, f"decontaminate{suffix}"):
+        tqdm.write(line)
+    trainset = run_stage(
+        config, "materialize", config.materialize, {"selected": decontaminated}, {}, label=f"materialize{suffix}"
+    )
+    return Curated(judged, selected, decontaminated, trainset)
 
 
 def with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
@@ -207,7 +279,7 @@ def with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
 
 def train_inputs(settings: TrainSettings, trainset: Ref) -> tuple[dict[str, Ref], dict[str, str]]:
     """A training's inputs and identity: the training set, and the base model's weights by content."""
-    return {"trainset": trainset}, {"base_model": path_fingerprint(settings.base_model)}
+    return {"trainset": trainset}, {"base_model": model_fingerprint(settings.base_model)}
 
 
 def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labels: dict[K, str]) -> dict[K, Ref]:
@@ -236,22 +308,28 @@ def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labe
     return refs
 
 
-ModelRuns = dict[str, dict[int | None, tuple[Path, str, str]]]  # model -> seed -> (folder, fingerprint, template)
+# model -> seed -> (folder, fingerprint, how it is asked: EvaluateSettings' template and chat fields)
+ModelRuns = dict[str, dict[int | None, tuple[Path, str, dict]]]
+
+
+def asked_as(settings: TrainSettings) -> dict:
+    """A student is evaluated with the prompt it was trained on (its template, or its chat turn)."""
+    return {"template": settings.template, "chat": settings.chat}
 
 
 def reference_models(
-    config: RunConfig, teachers: list[TeacherSpec], teacher_fps: dict[str, str], base: Path
+    config: RunConfig, teachers: list[TeacherSpec], teacher_fps: dict[str, str], base: TrainSettings
 ) -> ModelRuns:
     """The models every student is read against: each local teacher (served ones are not re-scored)
-    and the untrained student base."""
+    and the untrained student base, asked as its students are."""
     local = [t for t in teachers if t.backend == "vllm"]
     models: ModelRuns = {
         ("teacher" if len(local) == 1 else f"teacher-{t.name}"): {
-            None: (Path(t.model), teacher_fps[t.name], config.teacher_eval_template)
+            None: (Path(t.model), teacher_fps[t.name], {"template": config.teacher_eval_template})
         }
         for t in local
     }
-    models["untrained"] = {None: (base, path_fingerprint(base), config.student_eval.template)}
+    models["untrained"] = {None: (base.base_model, model_fingerprint(base.base_model), asked_as(base))}
     return models
 
 
@@ -260,10 +338,11 @@ def test_refs(config: RunConfig) -> dict[str, Ref]:
     return {split: file_ref(p) for split, p in config.test_sets.items()}
 
 
-def evaluate_settings(config: RunConfig, model_dir: Path, run_name: str, template: str) -> EvaluateSettings:
-    """How ``model_dir`` is evaluated: ``config.student_eval``'s decoding, under its run name."""
-    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm"})
-    return EvaluateSettings(model=model_dir, model_name=run_name, template=template, **decoding)
+def evaluate_settings(config: RunConfig, model_dir: Path, run_name: str, asked: dict) -> EvaluateSettings:
+    """How ``model_dir`` is evaluated: ``config.student_eval``'s decoding, under its run name, with
+    the prompt ``asked`` (template, chat)."""
+    decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm", "max_questions"})
+    return EvaluateSettings(model=model_dir, model_name=run_name, fields=config.test_fields, **asked, **decoding)
 
 
 def evaluate_runs(config: RunConfig, models: ModelRuns) -> report.EvalDirs:
@@ -272,9 +351,9 @@ def evaluate_runs(config: RunConfig, models: ModelRuns) -> report.EvalDirs:
     evals: report.EvalDirs = {}
     for name, runs in models.items():
         evals[name] = {}
-        for seed, (model_dir, model_fp, template) in runs.items():
+        for seed, (model_dir, model_fp, asked) in runs.items():
             run_name = name if seed is None else f"{name}-seed{seed}"
-            settings = evaluate_settings(config, model_dir, run_name, template)
+            settings = evaluate_settings(config, model_dir, run_name, asked)
             evals[name][seed] = run_stage(
                 config, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
             ).path
@@ -283,32 +362,30 @@ def evaluate_runs(config: RunConfig, models: ModelRuns) -> report.EvalDirs:
 
 @flow(name="distill", log_prints=True)
 def distill(config: DistillConfig) -> dict:
-    """Distil the teachers of ``config.sample`` into each student of ``config.students``; evaluate all."""
-    teacher_fps = {t.name: teacher_identity(t) for t in config.sample.teachers}
-    samples = run_stage(
-        config,
-        "sample",
-        config.sample,
-        {"questions": file_ref(config.train_questions)},
-        {f"teacher:{name}": fp for name, fp in teacher_fps.items()},
-    )
-    judged, selected, trainset = curate(config, samples)
+    """Distil the teachers of ``config.sample`` (or the ``recorded`` rationales) into each student of
+    ``config.students``; evaluate all."""
+    teacher_fps = {t.name: teacher_identity(t) for t in config.teachers}
+    samples = rationale_source(config, teacher_fps)
+    judged, selected, decontaminated, trainset = curate(config, samples)
+    source = "sample" if config.sample is not None else "import"
     for key, stage, ref in [
-        ("sample", "sample", samples),
+        (source, source, samples),
         ("select", "select", selected),
+        ("decontaminate", "decontaminate", decontaminated),
         ("materialize", "materialize", trainset),
     ]:
         _publish(f"{key}-summary", stage, ref.path)
-    create_table_artifact(
-        key="teacher-throughput",
-        table=report.stage_summary(samples.path)["throughput"],
-        description="per teacher: prompts/s and generated tokens/s over its wall time (engine start included)",
-    )
+    if config.sample is not None:
+        create_table_artifact(
+            key="teacher-throughput",
+            table=report.stage_summary(samples.path)["throughput"],
+            description="per teacher: prompts/s and generated tokens/s over its wall time (engine start included)",
+        )
     create_table_artifact(
         key="rejection-ledger",
         table=[
             {"stage: reason": k, "rationales": v}
-            for k, v in sorted(report.rejection_counts(judged.path, selected.path).items())
+            for k, v in sorted(report.rejection_counts(judged.path, selected.path, decontaminated.path).items())
         ],
         description="every rationale that did not reach the training set, by stage and reason "
         "(rows in each stage's rejections.parquet)",
@@ -339,16 +416,18 @@ def distill(config: DistillConfig) -> dict:
             image_url=report.data_url(ref.path / "loss.png"), key=f"{key}-loss", description=f"{ref.path}/loss.png"
         )
 
-    base_model = next(iter(config.students.values())).train.base_model
-    models = reference_models(config, config.sample.teachers, teacher_fps, base_model)
+    base = next(iter(config.students.values())).train
+    models = reference_models(config, config.teachers, teacher_fps, base)
     for name, runs in trained.items():
-        models[name] = {seed: (r.input_path, r.fingerprint, config.student_eval.template) for seed, r in runs.items()}
+        asked = asked_as(config.students[name].train)
+        models[name] = {seed: (r.input_path, r.fingerprint, asked) for seed, r in runs.items()}
     evals = evaluate_runs(config, models)
 
     n_questions = report.stage_summary(samples.path)["questions"]
-    counts = report.data_counts(n_questions, samples.path, judged.path, selected.path)
+    counts = report.data_counts(n_questions, samples.path, judged.path, selected.path, decontaminated.path)
     metrics = report.build_metrics(evals, counts, baseline=config.baseline_method)
-    stage_dirs = {"sample": samples.path, "judge": judged.path, "select": selected.path, "materialize": trainset.path}
+    stage_dirs = {source: samples.path, "judge": judged.path, "select": selected.path}
+    stage_dirs |= {"decontaminate": decontaminated.path, "materialize": trainset.path}
     train_dirs = {name: {seed: r.path for seed, r in runs.items()} for name, runs in trained.items()}
     for name, runs in train_dirs.items():
         stage_dirs |= {f"train {name} seed {seed}": d for seed, d in runs.items()}

@@ -42,7 +42,7 @@ def redistill(config: DistillConfig | None = None) -> dict:
         settings, store = DemoSettings(), PROJECT_ROOT / "runs" / "store"
         questions = demo_questions(store, settings.train_questions, settings.test_questions, settings.data_seed)
         config = demo_config(settings, questions, store, PROJECT_ROOT / "runs" / "demo")
-    now, changed = changed_teachers(config.sample.teachers, config.store)
+    now, changed = changed_teachers(config.teachers, config.store)
     for name, previous in changed.items():
         if previous is None:
             continue  # never distilled: nothing was updated (and no event to re-trigger this deployment)

@@ -6,11 +6,12 @@ really better? One flow run over teacher x CoT format x granularity x method x s
 
 Each *cell* is one source of rationales: a teacher prompted in one (format, granularity), sampled
 once whatever the number of methods and seeds that use it, or a recorded file (imported, with its
-format and granularity on every row). Each cell's rationales are judged, selected and materialized
-into its own training set; every (cell, method, seed) is its own cached train and evaluate stage,
-so adding a cell trains and evaluates only that cell. The plan (every stage's fingerprint and
-whether it is stored) is stated before anything runs, and ``budget`` caps the train and evaluate
-stages a run may execute: the runs past it are listed as left out, not silently dropped.
+format and granularity on every row). Each cell's rationales are judged, selected, decontaminated
+(against the test sets) and materialized into its own training set; every (cell, method, seed) is
+its own cached train and evaluate stage, so adding a cell trains and evaluates only that cell. The
+plan (every stage's fingerprint and whether it is stored) is stated before anything runs, and
+``budget`` caps the train and evaluate stages a run may execute: the runs past it are listed as left
+out, not silently dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from flows.distill import (
     Ref,
     RunConfig,
     StudentMethod,
+    asked_as,
     curate,
+    decontaminate_inputs,
     evaluate_runs,
     evaluate_settings,
     file_ref,
@@ -145,13 +148,14 @@ def plan_sweep(
         ref = entry(stage, cell.name, settings, inputs, identity)
         ref = entry("judge", cell.name, config.judge, {"samples": ref}, {})
         ref = entry("select", cell.name, config.select, {"judged": ref}, {})
+        ref = entry("decontaminate", cell.name, config.decontaminate, decontaminate_inputs(config, ref), {})
         trainsets[cell] = entry("materialize", cell.name, config.materialize, {"selected": ref}, {})
     budget = config.budget  # the teachers' and the base's evaluations come first
     runs, left_out = [], []
     tests = test_refs(config)
     for model, by_seed in _reference_models(config, identities).items():
-        for model_dir, model_fp, template in by_seed.values():
-            settings = evaluate_settings(config, model_dir, model, template)
+        for model_dir, model_fp, asked in by_seed.values():
+            settings = evaluate_settings(config, model_dir, model, asked)
             ref = entry("evaluate", model, settings, tests, {"model": model_fp})
             budget = _spend(budget, [ref])
     for cell in trainsets:
@@ -163,7 +167,7 @@ def plan_sweep(
                 evaluated = stage_call(
                     config,
                     "evaluate",
-                    evaluate_settings(config, trained.input_path, name, config.student_eval.template),
+                    evaluate_settings(config, trained.input_path, name, asked_as(spec.train)),
                     tests,
                     {"model": trained.fingerprint},
                 )[2]
@@ -198,8 +202,7 @@ def _spend(budget: int | None, refs: list[Ref]) -> int | None:
 def _reference_models(config: SweepConfig, identities: dict[str, str]):
     if not config.methods:
         return {}
-    base = next(iter(config.methods.values())).train.base_model
-    return reference_models(config, config.teachers, identities, base)
+    return reference_models(config, config.teachers, identities, next(iter(config.methods.values())).train)
 
 
 @flow(name="sweep", log_prints=True)
@@ -220,8 +223,11 @@ def cot_sweep(config: SweepConfig) -> dict:
     for cell, source in cell_sources(config):
         stage, settings, inputs, identity = source_stage(config, cell, source, identities)
         source_ref = run_stage(config, stage, settings, inputs, identity, label=f"{stage} {cell.name}")
-        judged, selected, trainsets[cell] = curate(config, source_ref, label=cell.name)
-        data[cell] = sweep.CellData(cell, source_ref.path, judged.path, selected.path, trainsets[cell].path)
+        curated = curate(config, source_ref, label=cell.name)
+        trainsets[cell] = curated.trainset
+        data[cell] = sweep.CellData(
+            cell, source_ref.path, curated.judged.path, curated.selected.path, curated.trainset.path
+        )
     tokenizer = _tokenizer(config)
     data_rows = [sweep.data_statistics(d, tokenizer) for d in data.values()]
     empty = [d.cell for d in data.values() if report.stage_summary(d.trainset)["questions"] == 0]  # in cell order
@@ -238,7 +244,7 @@ def cot_sweep(config: SweepConfig) -> dict:
         models.setdefault(f"{cell.name} {method}", {})[seed] = (
             ref.input_path,
             ref.fingerprint,
-            config.student_eval.template,
+            asked_as(config.methods[method].train),
         )
     evals = evaluate_runs(config, models)
 
@@ -289,7 +295,9 @@ def cot_sweep(config: SweepConfig) -> dict:
 def _tokenizer(config: SweepConfig):
     from transformers import AutoTokenizer
 
-    path = config.tokenizer or next(iter(config.methods.values())).train.base_model
+    from mcckd.models import resolve_model
+
+    path = config.tokenizer or resolve_model(next(iter(config.methods.values())).train.base_model)
     return AutoTokenizer.from_pretrained(str(path))
 
 

@@ -599,8 +599,12 @@ def extract_answer(text: str, kind: AnswerKind = "number", question: str = "") -
 
 
 def canonical_answer_sentence(answer: str) -> str:
-    """The one sentence every training rationale ends with, so answer tokens match across rationales."""
-    return f"The answer is {answer}."
+    """The one sentence every training rationale ends with, so answer tokens match across rationales.
+
+    No full stop after an answer that ends in a symbol: tokenizers merge "}." or ")." into one
+    token, which would put the stop inside the answer span.
+    """
+    return f"The answer is {answer}" + ("." if answer[-1:].isalnum() else "")
 
 
 def answer_kind(gold: str) -> AnswerKind | None:
@@ -620,6 +624,9 @@ def answer_kind(gold: str) -> AnswerKind | None:
 
 def canonical_answer(gold: str) -> str:
     """Gold answer as the canonical sentence writes it (``18``, ``C``, ``yes``, an expression)."""
+    boxed = re.fullmatch(r"\s*\\boxed\{(.*)\}\s*", gold, flags=re.S)
+    if boxed and boxed.group(1).count("{") == boxed.group(1).count("}"):
+        return canonical_answer(boxed.group(1))  # the box is notation, not part of the answer
     kind = answer_kind(gold)
     if kind == "number":
         return format_number(parse_number(gold))

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mcckd import plots, stats
+from mcckd.decontaminate import gram_name
 from mcckd.environment import describe
 from mcckd.store import read_manifest
 
@@ -88,13 +89,32 @@ def rejection_counts(*stage_dirs: Path) -> dict[str, int]:
     return dict(counts)
 
 
-def data_counts(questions: int, sample_dir: Path, judge_dir: Path, select_dir: Path) -> dict:
-    return {
+def data_counts(
+    questions: int, sample_dir: Path, judge_dir: Path, select_dir: Path, decontaminate_dir: Path | None = None
+) -> dict:
+    """How many questions, samples, correct and selected rationales; with a decontaminate folder, also
+    the selected rationales it removed (``contaminated``) and the ones left to train on."""
+    counts = {
         "questions": questions,
         "samples": stage_summary(sample_dir)["samples"],
         "correct": stage_summary(judge_dir)["correct"],
         "selected": stage_summary(select_dir)["selected"],
     }
+    if decontaminate_dir is not None:
+        clean = stage_summary(decontaminate_dir)
+        counts |= {"contaminated": clean["rejected"], "trained_on": clean["rows_out"]}
+    return counts
+
+
+def contamination_lines(decontaminate_dir: Path, label: str = "decontaminate") -> list[str]:
+    """One console line per test set that overlapped the training questions (none when clean)."""
+    s = stage_summary(decontaminate_dir)
+    return [
+        f"{label}: {count} training {'question overlaps' if count == 1 else 'questions overlap'} test set "
+        f"{name!r} ({gram_name(s['ngram'])}); removed from training"
+        for name, count in s["contaminated"].items()
+        if count
+    ]
 
 
 def correctness(eval_dir: Path) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
@@ -234,12 +254,39 @@ def comparisons(metrics: dict) -> str:
 
 def counts_table(metrics: dict) -> str:
     c = metrics["counts"]
+    if "contaminated" not in c:  # a run from before the decontaminate stage
+        return "\n".join(
+            [
+                "| questions | samples drawn | judged correct | selected |",
+                "|---:|---:|---:|---:|",
+                f"| {c['questions']} | {c['samples']} | {c['correct']} | {c['selected']} |",
+            ]
+        )
     return "\n".join(
         [
-            "| questions | samples drawn | judged correct | selected |",
-            "|---:|---:|---:|---:|",
-            f"| {c['questions']} | {c['samples']} | {c['correct']} | {c['selected']} |",
+            "| questions | samples drawn | judged correct | selected | removed: overlap a test set | trained on |",
+            "|---:|---:|---:|---:|---:|---:|",
+            f"| {c['questions']} | {c['samples']} | {c['correct']} | {c['selected']} | {c['contaminated']} "
+            f"| {c['trained_on']} |",
         ]
+    )
+
+
+def contamination_text(decontaminate_dir: Path) -> str:
+    """A sentence on which test sets overlapped the training questions, for the report."""
+    s = stage_summary(decontaminate_dir)
+    found = [
+        f"{n} training question{'s' * (n != 1)} ({s['test_questions_overlapping'][name]} of its "
+        f"{s['test_questions'][name]} questions) with test set `{name}`"
+        for name, n in s["contaminated"].items()
+        if n
+    ]
+    if not found:
+        return f"No training question shares a {gram_name(s['ngram'])} with a test question."
+    return (
+        f"Training questions sharing a {gram_name(s['ngram'])} with a test question were removed: "
+        + "; ".join(found)
+        + " (every pair in the decontaminate stage's `overlaps.parquet`)."
     )
 
 
@@ -301,7 +348,8 @@ def write_report(
         f"| {name} | `{d.name}` | {read_manifest(d)['seconds']:.1f} |" for name, d in stage_dirs.items()
     )
     train_folders = [d for runs in train_dirs.values() for d in runs.values()]
-    rejections = rejection_counts(stage_dirs["judge"], stage_dirs["select"], *train_folders)
+    curation = [stage_dirs[s] for s in ("judge", "select", "decontaminate") if s in stage_dirs]
+    rejections = rejection_counts(*curation, *train_folders)
     training = []
     for name, runs in train_dirs.items():
         for seed, d in sorted(runs.items()):
@@ -313,6 +361,7 @@ def write_report(
     decoding = stage_summary(next(iter(next(iter(evals.values())).values())))
     how = "greedy" if decoding.get("samples", 1) == 1 else f"self-consistency over {decoding['samples']} samples"
     select = stage_summary(stage_dirs["select"])
+    contamination = f"\n{contamination_text(stage_dirs['decontaminate'])}\n" if "decontaminate" in stage_dirs else ""
     packages = ", ".join(f"{k} {v}" for k, v in environment["packages"].items())
     cpu = environment["cpu"]
     text = f"""# Distillation report
@@ -349,7 +398,7 @@ bootstrap over seeds and questions for several].
 Selection outcomes per question: {", ".join(f"{k} {v}" for k, v in sorted(select["outcomes"].items()))}.
 In questions with two or more kept rationales, the mean of each one's highest word-trigram
 Jaccard similarity to the others kept: {fmt(select["mean_max_similarity"])}.
-
+{contamination}
 | rejection (stage: reason) | rationales |
 |---|---:|
 """ + "\n".join(f"| {k} | {v} |" for k, v in sorted(rejections.items()))
@@ -378,7 +427,7 @@ Packages: {packages}. The same record is in `environment.json`.
 {timings}
 
 ## Selected rationales (examples)
-{sample_rationales(stage_dirs["select"])}
+{sample_rationales(stage_dirs.get("decontaminate", stage_dirs["select"]))}
 """
     path = report_dir / "report.md"
     path.write_text(text)

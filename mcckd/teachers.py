@@ -22,7 +22,9 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from mcckd.generation import VllmSettings, open_llm
-from mcckd.store import fingerprint, path_fingerprint
+from mcckd.models import model_fingerprint, resolve_model
+from mcckd.rendering import ChatSettings, Renderer, chat_messages
+from mcckd.store import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,8 @@ class HttpSettings(BaseModel):
 
 
 class TeacherSpec(BaseModel):
-    """One teacher. ``model`` is a local folder (vllm) or the served model name (http)."""
+    """One teacher. ``model`` is a model source (vllm: a folder, GGUF file or named source; see
+    :mod:`mcckd.models`) or the served model name (http)."""
 
     name: str
     backend: Literal["vllm", "http"] = "vllm"
@@ -73,6 +76,9 @@ class Completion:
     seed: int
 
 
+# A teacher's user turn is the filled prompt file (prompts/), with no instruction around it.
+TEACHER_CHAT = ChatSettings(use="always", instruction="{question}")
+
 Shard = tuple[int, list[Request]]
 ShardDone = Callable[[int, list[list[Completion]]], None]  # shard index, n completions per request
 
@@ -84,7 +90,7 @@ class TeacherError(RuntimeError):
 def teacher_fingerprint(spec: TeacherSpec) -> str:
     """Identity of what generates: the weights' bytes (local) or server model + revision (HTTP)."""
     if spec.backend == "vllm":
-        return path_fingerprint(Path(spec.model))
+        return model_fingerprint(spec.model)
     return fingerprint("http", spec.model, spec.revision or "unversioned")
 
 
@@ -150,9 +156,9 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    with open_llm(Path(spec.model), spec.vllm) as llm:  # shut down on exit: the next teacher gets the memory
+    with open_llm(resolve_model(spec.model), spec.vllm) as llm:  # shut down on exit: the next teacher gets the memory
         engine = llm.llm_engine
-        tokenizer = llm.get_tokenizer() if spec.chat else None
+        renderer = Renderer(llm.get_tokenizer(), settings=TEACHER_CHAT, source=spec.model) if spec.chat else None
         requests_of = dict(shards)
         results: dict[int, list[list[Completion] | None]] = {}
         final_only = RequestOutputKind.FINAL_ONLY  # one output per request, when all its n samples are done
@@ -160,7 +166,7 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
             results[shard_index] = [None] * len(requests)
             for pos, r in enumerate(requests):
                 params = SamplingParams(n=r.n, seed=r.seed, output_kind=final_only, **sampling.model_dump())
-                engine.add_request(f"{shard_index}:{pos}", chat_prompt(tokenizer, r.prompt), params)
+                engine.add_request(f"{shard_index}:{pos}", teacher_prompt(renderer, r.prompt), params)
         left = {i: len(reqs) for i, reqs in shards}
         with tqdm(total=sum(left.values()), desc=f"sample {spec.name}", unit="prompt") as bar:
             while engine.has_unfinished_requests():
@@ -181,12 +187,12 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
                         done(shard_index, results.pop(shard_index))
 
 
-def chat_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as the model's chat template renders one user turn (or as is, for base models)."""
-    if tokenizer is None:
+def teacher_prompt(renderer: Renderer | None, prompt: str) -> str | dict:
+    """The filled prompt file as is (base models), or as one user turn of the model's chat template,
+    given as token ids (the renderer the students use, so a template's own BOS is not doubled)."""
+    if renderer is None:
         return prompt
-    messages = [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return {"prompt_token_ids": renderer.prompt_ids(prompt)}
 
 
 async def run_http(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: ShardDone) -> None:
@@ -210,7 +216,7 @@ async def run_http(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], d
 
     async def one(client, prompt: str, seed: int) -> Completion:
         payload = {"model": spec.model, "n": 1, "seed": seed, **sampling.model_dump()}
-        payload |= {"messages": [{"role": "user", "content": prompt}]} if spec.chat else {"prompt": prompt}
+        payload |= {"messages": chat_messages(prompt, TEACHER_CHAT)} if spec.chat else {"prompt": prompt}
         async with in_flight:
             body = await post_with_retries(client, endpoint, payload, s, jitter)
         try:

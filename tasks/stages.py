@@ -176,6 +176,7 @@ sample_task = _stage_task("sample", retries=1)
 import_task = _stage_task("import", retries=0)
 judge_task = _stage_task("judge", retries=0)
 select_task = _stage_task("select", retries=0)
+decontaminate_task = _stage_task("decontaminate", retries=0)
 materialize_task = _stage_task("materialize", retries=0)
 train_task = _stage_task("train", retries=0)
 evaluate_task = _stage_task("evaluate", retries=1)
@@ -185,6 +186,7 @@ TASKS = {
     "import": import_task,
     "judge": judge_task,
     "select": select_task,
+    "decontaminate": decontaminate_task,
     "materialize": materialize_task,
     "train": train_task,
     "evaluate": evaluate_task,

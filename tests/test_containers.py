@@ -121,7 +121,7 @@ def test_every_command_the_containers_run_exists():
 
 
 def test_the_slim_image_runs_the_flows_and_cheap_stages_without_torch_or_vllm():
-    """What the slim image leaves out must not be imported by the flows or by judge/select/materialize."""
+    """What the slim image leaves out must not be imported by the flows or by the CPU stages."""
     code = """
 import sys
 BLOCKED = {"torch", "vllm", "transformers", "accelerate", "peft", "datasets", "tokenizers"}
@@ -132,7 +132,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import flows.distill, flows.stage, flows.redistill, flows.demo, flows.ui, flows.sweep
 from mcckd.stages import STAGES
-for stage in ("judge", "select", "materialize"):
+for stage in ("judge", "select", "decontaminate", "materialize"):
     STAGES[stage].module
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)

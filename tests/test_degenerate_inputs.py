@@ -1,4 +1,5 @@
-"""Degenerate and malformed input through the real command line of import -> judge -> select -> materialize.
+"""Degenerate and malformed input through the real command line of import -> judge -> select ->
+decontaminate (no test set: everything passes) -> materialize.
 
 Every case either goes through every stage, each writing a valid (possibly empty) output in which
 rows in = rows out + ledger rows, or stops at one stage with exit status 2 and one line on stderr
@@ -27,6 +28,7 @@ CHAIN = [  # stage, input name, the file of the previous stage it reads, its mai
     ("import", "recorded", None, "samples.parquet"),
     ("judge", "samples", "samples.parquet", "judged.parquet"),
     ("select", "judged", "judged.parquet", "selected.parquet"),
+    ("decontaminate", "selected", "selected.parquet", "selected.parquet"),
     ("materialize", "selected", "selected.parquet", "train.parquet"),
 ]
 
@@ -207,6 +209,7 @@ MALFORMED = [
     ),
     ("judge", "samples.parquet", pa.table({"question_id": ["a"]}), r"samples.parquet: missing column 'question'"),
     ("select", "judged.parquet", pa.table({"question_id": ["a"]}), r"judged.parquet: missing column 'question'"),
+    ("decontaminate", "selected.parquet", "\x00\x01garbage", r"selected.parquet: not a readable Parquet file"),
     ("materialize", "selected.parquet", "\x00\x01garbage", r"selected.parquet: not a readable Parquet file"),
 ]
 

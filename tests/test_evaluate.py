@@ -52,7 +52,7 @@ def test_test_sets_in_every_format_read_the_same(tmp_path):
     ("content", "message"),
     [
         ('[{"instruction": "q"}]', "row 0: missing field 'label' or 'answer'"),
-        ('[{"instruction": "", "label": "1"}]', "row 0: field 'question' must be non-empty text"),
+        ('[{"instruction": "", "label": "1"}]', "row 0: field 'instruction' must be non-empty text"),
         ('[{"id": 1, "question": "a", "answer": 1}, {"id": 1, "question": "b", "answer": 2}]', "row 1: field 'id'"),
         ('{"question": "a"}', "expected a JSON list"),
     ],

@@ -74,6 +74,7 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
         "sample": 1,
         "judge": 1,
         "select": 1,
+        "decontaminate": 1,
         "materialize": 1,
         "train": 4,  # 2 methods x 2 seeds
         "evaluate": 6,  # teacher, untrained, 2 methods x 2 seeds
@@ -103,8 +104,8 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
         assert (root / "report" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
         [image] = artifacts(f"plot-{plot.replace('_', '-')}")
         assert image.type == "image" and image.data.startswith("data:image/png;base64,")
-    # questions, sample, judge, select, materialize, 4 x train, 6 x evaluate
-    assert len(folders) == 15
+    # questions, sample, judge, select, decontaminate, materialize, 4 x train, 6 x evaluate
+    assert len(folders) == 16
     examples = json.loads(artifacts("judge-examples")[0].data)
     verdicts = [e["verdict"] for e in examples]
     assert set(verdicts) == report_verdicts(config) and max(verdicts.count(v) for v in verdicts) <= 2
@@ -118,7 +119,8 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
     # The console: a line per stage saying what it made and where, no library warnings (those are in
     # each stage's log file beside its folder).
     lines = console.splitlines()
-    for label in ["sample", "judge", "select", "materialize", "evaluate teacher", "evaluate untrained"]:
+    curation = ["sample", "judge", "select", "decontaminate", "materialize"]
+    for label in [*curation, "evaluate teacher", "evaluate untrained"]:
         assert any(line.startswith(f"{label}: ") for line in lines), (label, console[-2000:])
     for method in ("std_cot", "mcc_kd"):
         for seed in (0, 1):
@@ -166,7 +168,7 @@ def test_changed_student_settings_rerun_only_train_and_evaluate(first_run):
     changed = TINY.model_copy(update={"learning_rate": TINY.learning_rate / 2, "seeds": [0]})
     state = distill(demo_config(changed, questions, store, root / "r2"), return_state=True)
     states = task_states(state)
-    assert states["sample"] == ["Cached"] and states["select"] == ["Cached"] and states["materialize"] == ["Cached"]
+    assert states["sample"] == states["select"] == states["decontaminate"] == states["materialize"] == ["Cached"]
     assert states["judge"] == ["Completed"]  # its folder was gone
     assert states["train"] == ["Completed", "Completed"]
     assert sorted(states["evaluate"]) == ["Cached", "Cached", "Completed", "Completed"]  # teacher, base: cached

@@ -10,6 +10,7 @@ import torch
 from mcckd.training.loss import (
     IGNORE_INDEX,
     answer_consistency,
+    chunked_sequence_cross_entropy,
     gather_span,
     mcc_kd_loss,
     question_pairs,
@@ -127,3 +128,105 @@ def test_no_pairs_gives_zero_consistency():
     logits, _, span_positions, span_mask = random_batch()
     empty = question_pairs([0, 1, 2, 3, 4, 5], "all")
     assert answer_consistency(gather_span(logits, span_positions), span_mask, empty).item() == 0.0
+
+
+# --- cross-entropy from hidden states, chunk by chunk ---------------------------------------------
+
+
+def hidden_batch(seed: int = 0, n: int = 5, length: int = 13, hidden: int = 8, vocab: int = 29, bias: bool = True):
+    """Final hidden states and an LM head; rows of different lengths, padding, one row all ignored."""
+    g = torch.Generator().manual_seed(seed)
+    states = torch.randn(n, length, hidden, generator=g, requires_grad=True)
+    weight = (torch.randn(vocab, hidden, generator=g) / 2).requires_grad_(True)
+    b = torch.randn(vocab, generator=g).requires_grad_(True) if bias else None
+    labels = torch.randint(0, vocab, (n, length), generator=g)
+    labels[:, :3] = IGNORE_INDEX  # prompt
+    labels[1, 8:] = IGNORE_INDEX  # a shorter row, padded
+    labels[2, 11:] = IGNORE_INDEX
+    labels[3] = IGNORE_INDEX  # nothing to learn in this row: its cross-entropy is 0, as the dense one
+    return states, weight, b, labels
+
+
+def grads_of(loss: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    present = [t for t in tensors if t is not None]
+    return list(torch.autograd.grad(loss, present, retain_graph=True))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("chunk", [1, 4, 1024])
+def test_chunked_cross_entropy_equals_dense_values_and_gradients(bias: bool, chunk: int):
+    states, weight, b, labels = hidden_batch(bias=bias)
+    logits = states @ weight.T + (b if bias else 0)
+    dense = sequence_cross_entropy(logits, labels)
+    mean, per_sequence = chunked_sequence_cross_entropy(states, weight, labels, b, chunk=chunk)
+    assert per_sequence.shape == (5,) and per_sequence[3].item() == 0.0
+    assert torch.allclose(per_sequence, dense.detach(), atol=1e-5)
+    assert torch.allclose(mean, dense.mean(), atol=1e-5)
+    for ours, theirs in zip(grads_of(mean, states, weight, b), grads_of(dense.mean(), states, weight, b), strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_chunked_cross_entropy_scales_with_the_upstream_gradient():
+    states, weight, b, labels = hidden_batch(seed=1)
+    mean, _ = chunked_sequence_cross_entropy(states, weight, labels, b, chunk=3)
+    dense = sequence_cross_entropy(states @ weight.T + b, labels).mean()
+    for ours, theirs in zip(grads_of(-2.5 * mean, states, weight), grads_of(-2.5 * dense, states, weight), strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_chunked_cross_entropy_with_tied_embedding_weights():
+    """A tied head: the one parameter gets the embedding's and the head's gradients summed."""
+    g = torch.Generator().manual_seed(2)
+    embedding = torch.randn(29, 8, generator=g).requires_grad_(True)
+    mix = torch.randn(8, 8, generator=g) / 3
+    _, _, _, labels = hidden_batch(seed=2, bias=False)
+    ids = labels.clamp(min=0)
+    states = torch.tanh(embedding[ids] @ mix)
+    dense = sequence_cross_entropy(states @ embedding.T, labels).mean()
+    mean, _ = chunked_sequence_cross_entropy(states, embedding, labels, chunk=4)
+    assert torch.allclose(mean, dense, atol=1e-5)
+    assert torch.allclose(grads_of(mean, embedding)[0], grads_of(dense, embedding)[0], atol=1e-5)
+
+
+def test_chunked_cross_entropy_of_packed_rows_is_per_sequence():
+    """Rows holding several sequences: ``sequence_ids`` splits them, the dense reference agrees."""
+    states, weight, b, labels = hidden_batch(seed=3, length=12)
+    states, labels = states[:2], labels[:2].clone()
+    sequence_ids = torch.tensor([[0] * 5 + [1] * 7, [2] * 4 + [3] * 6 + [-1] * 2])
+    labels[0, 5] = labels[1, 4] = IGNORE_INDEX  # each sequence's first token: predicted by the previous one
+    labels[1, 7:] = IGNORE_INDEX  # sequence 3 learns 3 tokens, then padding
+    dense = sequence_cross_entropy(states @ weight.T + b, labels, sequence_ids)
+    mean, per_sequence = chunked_sequence_cross_entropy(states, weight, labels, b, sequence_ids, chunk=5)
+    assert dense.shape == per_sequence.shape == (4,)
+    assert torch.allclose(per_sequence, dense.detach(), atol=1e-5)
+    for ours, theirs in zip(grads_of(mean, states, weight, b), grads_of(dense.mean(), states, weight, b), strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_chunked_cross_entropy_under_bf16_autocast():
+    """Logits in bf16 (the autocast dtype), softmax in float32: as the dense loss under autocast;
+    gradients come back in the parameters' float32."""
+    states, weight, b, labels = hidden_batch(seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dense = sequence_cross_entropy(torch.nn.functional.linear(states, weight, b), labels).mean()
+        mean, _ = chunked_sequence_cross_entropy(states, weight, labels, b, chunk=4)
+    full = sequence_cross_entropy(states @ weight.T + b, labels).mean()
+    assert abs(mean.item() - dense.item()) < 1e-2 and mean.item() != full.item()
+    g_states, g_weight, g_bias = grads_of(mean, states, weight, b)
+    assert g_states.dtype == g_weight.dtype == g_bias.dtype == torch.float32
+    for ours, theirs in zip((g_states, g_weight, g_bias), grads_of(dense, states, weight, b), strict=True):
+        assert torch.allclose(ours, theirs, atol=2e-2)
+
+
+def test_chunked_cross_entropy_without_grad_only_scores():
+    states, weight, b, labels = hidden_batch(seed=5)
+    with torch.no_grad():
+        mean, per_sequence = chunked_sequence_cross_entropy(states, weight, labels, b)
+    assert not mean.requires_grad
+    assert torch.allclose(per_sequence, sequence_cross_entropy(states @ weight.T + b, labels).detach(), atol=1e-5)
+
+
+def test_gather_span_of_packed_rows():
+    states = torch.arange(2 * 6).view(2, 6)
+    rows, positions = torch.tensor([0, 0, 1]), torch.tensor([[1, 2], [4, 5], [0, 3]])
+    assert gather_span(states, positions, rows).tolist() == [[1, 2], [4, 5], [6, 9]]

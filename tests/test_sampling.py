@@ -17,9 +17,10 @@ import pytest
 
 from flows.demo import SMALL_ENGINE
 from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
+from mcckd.rendering import Renderer
 from mcckd.stages import execute, work_dir_for
 from mcckd.stages.sample import PromptSpec, SampleSettings
-from mcckd.teachers import TeacherSpec, chat_prompt
+from mcckd.teachers import TEACHER_CHAT, TeacherSpec, teacher_prompt
 from tests.demo_questions import questions_file
 
 
@@ -78,9 +79,15 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
 
 def test_chat_template_wraps_the_prompt_for_instruct_models(demo_tokenizer):
     tok = demo_tokenizer.__class__.from_pretrained(demo_tokenizer.name_or_path)
-    tok.chat_template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|assistant|>"
-    assert chat_prompt(tok, "What is 2+3?") == "<|user|>What is 2+3?<|assistant|>"
-    assert chat_prompt(None, "What is 2+3?") == "What is 2+3?"
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% if m.role == 'assistant' %}</s>{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    renderer = Renderer(tok, settings=TEACHER_CHAT)
+    assert renderer.prompt_text("What is 2+3?") == "<|user|>What is 2+3?<|assistant|>"
+    ids = tok("<|user|>What is 2+3?<|assistant|>")["input_ids"][1:]  # the template's text, no second BOS
+    assert teacher_prompt(renderer, "What is 2+3?") == {"prompt_token_ids": ids}
+    assert teacher_prompt(None, "What is 2+3?") == "What is 2+3?"
 
 
 @pytest.mark.parametrize("template", ["demo_teacher", "zero_shot_cot", "few_shot_cot"])

@@ -221,6 +221,7 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
         "evaluate": {"gpu"},
         "judge": {"cpu"},
         "select": {"cpu"},
+        "decontaminate": {"cpu"},
         "materialize": {"cpu"},
     }
     artifacts = request(f"{api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [first["id"]]}}})
@@ -264,6 +265,7 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
         "sample",
         "judge",
         "select",
+        "decontaminate",
         "materialize",
         "train",
         "evaluate",

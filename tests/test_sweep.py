@@ -60,8 +60,8 @@ def test_plan_states_every_stage_and_the_budget_leaves_out_whole_runs(tmp_path):
     identities = {t.name: teacher_identity(t) for t in config.teachers}
     plan, runs, left_out = plan_sweep(config, identities)
     stages = [p["stage"] for p in plan]
-    # 2 cells x (sample, judge, select, materialize); teacher + untrained; 2 cells x 2 methods x 2 seeds
-    assert stages.count("sample") == stages.count("materialize") == 2
+    # 2 cells x (sample, judge, select, decontaminate, materialize); teacher + untrained; 2 cells x 2 methods x 2 seeds
+    assert stages.count("sample") == stages.count("decontaminate") == stages.count("materialize") == 2
     assert stages.count("train") == 8 and stages.count("evaluate") == 2 + 8
     assert {p["state"] for p in plan} == {"to run"} and len(runs) == 8 and not left_out
     limited = config.model_copy(update={"budget": 2 + 5})  # the 2 reference evaluations, then 2 whole runs
@@ -132,6 +132,7 @@ def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(pref
         "import": 1,
         "judge": 2,
         "select": 2,
+        "decontaminate": 2,
         "materialize": 2,
         "train": 4,  # 2 cells x 2 methods x 1 seed
         "evaluate": 6,  # teacher, untrained, 4 students

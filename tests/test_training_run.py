@@ -23,7 +23,7 @@ import torch
 from data_schemas import TRAINSET, write_table
 from mcckd.demo_world.assets import STUDENT_BASE_DIR
 from mcckd.demo_world.problems import generate_split, write_rationale
-from mcckd.prompts import load_prompt
+from mcckd.rendering import Renderer
 from mcckd.stages import work_dir_for
 from mcckd.stages.materialize import with_answer_sentence
 from mcckd.stages.train import TrainSettings, examples_from_trainset
@@ -160,7 +160,7 @@ def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
     path = write_trainset(tmp_path / "train.parquet", questions=16, seed=3)
     rows = pq.read_table(path).to_pylist()
 
-    groups, rejected = encode_groups(demo_tokenizer, examples_from_trainset(rows, load_prompt("student")), 256)
+    groups, rejected = encode_groups(demo_tokenizer, examples_from_trainset(rows, Renderer(demo_tokenizer)), 256)
     assert not rejected
     base = AutoModelForCausalLM.from_pretrained(str(STUDENT_BASE_DIR))
     before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -192,7 +192,7 @@ def test_span_logits_from_hidden_states_equal_gathered_logits(demo_tokenizer, tr
     from mcckd.training.loss import answer_consistency, question_pairs
 
     rows = pq.read_table(trainset).to_pylist()[:4]
-    groups, _ = encode_groups(demo_tokenizer, examples_from_trainset(rows, load_prompt("student")), 256)
+    groups, _ = encode_groups(demo_tokenizer, examples_from_trainset(rows, Renderer(demo_tokenizer)), 256)
     model = AutoModelForCausalLM.from_pretrained(str(STUDENT_BASE_DIR))
     cfg = TrainConfig(alpha=1.0)
     parts = forward_loss(model, groups, cfg, demo_tokenizer.pad_token_id, None, Accelerator())

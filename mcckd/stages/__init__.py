@@ -1,5 +1,5 @@
-"""The stages (sample or import, judge, select, materialize, train, evaluate) and the one way to
-run any of them: :func:`execute`.
+"""The stages (sample or import, judge, select, decontaminate, materialize, train, evaluate) and the
+one way to run any of them: :func:`execute`.
 
 Each stage module has a pydantic ``*Settings`` model, a ``STAGE_VERSION`` (bump it when the
 stage's output for the same inputs changes) and ``run(settings, out_dir, **inputs) -> summary``.
@@ -30,7 +30,7 @@ class Stage:
     name: str
     module_name: str
     settings_name: str
-    inputs: tuple[str, ...]  # named inputs; () = named by the caller (evaluate: one per test split)
+    inputs: tuple[str, ...]  # required inputs; test sets (evaluate, decontaminate) are named by the caller
     uses_accelerator: bool  # runs in its own process, so GPU memory is returned when it ends
     resumable: bool = False  # ``run`` takes a ``work_dir`` that outlives a killed run
 
@@ -54,6 +54,7 @@ STAGES: dict[str, Stage] = {
         Stage("import", "import_recorded", "ImportSettings", ("recorded",), False),
         Stage("judge", "judge", "JudgeSettings", ("samples",), False),
         Stage("select", "select", "SelectSettings", ("judged",), False),
+        Stage("decontaminate", "decontaminate", "DecontaminateSettings", ("selected",), False),
         Stage("materialize", "materialize", "MaterializeSettings", ("selected",), False),
         Stage("train", "train", "TrainSettings", ("trainset",), True, resumable=True),
         Stage("evaluate", "evaluate", "EvaluateSettings", (), True),

@@ -1,9 +1,10 @@
 """Stage 6, evaluate: the model answers every named test set; greedy by default, self-consistency
 (majority vote over ``samples`` sampled answers) as an option.
 
-In: a model folder and one test set per name (``--in NAME=PATH``): Parquet with the ``QUESTIONS``
-schema, or JSON, JSONL, Parquet with the import stage's field names (``instruction``/``question``,
-``label``/``answer``, optional ``id``), or a local ``datasets`` folder (``save_to_disk``). Out:
+In: a model source (:mod:`mcckd.models`) and one test set per name (``--in NAME=PATH``), in any
+format :mod:`mcckd.readers` reads (GSM8K jsonl, the MCC-KD JSON files, JSONL/Parquet with field
+names given, a ``datasets`` folder). The model is asked as it was trained (:mod:`mcckd.rendering`:
+its chat template, or the plain prompt file), with the prompt's token ids. Out:
 ``predictions.parquet`` (one row per question: every generation, the voted answer, whether it is
 correct, whether there was an answer at all) and ``accuracy.json`` ({set: accuracy}). Accuracy is
 over all questions of a set: an unanswered question counts as wrong, and the summary reports the
@@ -20,19 +21,24 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from data_schemas import PREDICTIONS, InputError, write_table
+from mcckd import readers
 from mcckd.answers import answer_kind, answers_match, extract_answer
 from mcckd.generation import VllmSettings, open_llm
-from mcckd.prompts import load_prompt, render
-from mcckd.stages.import_recorded import RecordedDataError, field_value, read_records
+from mcckd.rendering import ChatSettings, Renderer
 
-STAGE_VERSION = 4
+STAGE_VERSION = 5
 
 
 class EvaluateSettings(BaseModel):
     model: Path
     model_name: str
-    template: str = "student"
+    template: str = "student"  # the plain prompt file, for models without a chat template
     cot_format: str = "any"  # fills {style} in templates that have it (the demo teacher's)
+    chat: ChatSettings = ChatSettings()  # models with a chat template: as the student was trained
+    fields: dict[str, dict[str, str]] = Field(
+        {}, description="test set name -> {our field (question, answer, id): the file's column}"
+    )
+    max_questions: int | None = Field(None, ge=1, description="only the first N questions of each test set")
     max_tokens: int = 192
     samples: int = Field(1, ge=1, description="1 = greedy; n > 1 = self-consistency, majority vote over n samples")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of self-consistency (unused when greedy)")
@@ -40,33 +46,10 @@ class EvaluateSettings(BaseModel):
     vllm: VllmSettings = VllmSettings()
 
 
-def read_questions(path: Path) -> list[dict]:
-    """A test set as ``QUESTIONS`` rows, from any of the formats the module docstring lists."""
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        try:
-            records = load_from_disk(str(path)).to_list()
-        except (FileNotFoundError, ValueError) as e:
-            raise InputError(f"{path}: not a datasets folder saved with save_to_disk ({e})") from e
-    else:
-        records = read_records(path)
-    rows, seen = [], set()
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise RecordedDataError(f"{path}: row {i}: expected an object, got {type(record).__name__}")
-        question = field_value(path, i, record, "question", required=True)
-        answer = field_value(path, i, record, "answer", required=True)
-        if not isinstance(question, str) or not question.strip():
-            raise RecordedDataError(f"{path}: row {i}: field 'question' must be non-empty text")
-        if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-            raise RecordedDataError(f"{path}: row {i}: field 'answer' must be text or a number, got {answer!r}")
-        qid = str(record.get("id", record.get("question_id", f"{path.stem}-{i}")))
-        if qid in seen:
-            raise RecordedDataError(f"{path}: row {i}: field 'id': {qid!r} appears twice")
-        seen.add(qid)
-        rows.append({"question_id": qid, "question": question.strip(), "answer": str(answer).strip()})
-    return rows
+def read_questions(path: Path, fields: dict[str, str] | None = None) -> list[dict]:
+    """A test set as ``QUESTIONS`` rows, from any of the formats the module docstring lists; ``fields``
+    maps our names (question, answer, id) to the file's columns. See :func:`mcckd.readers.read_questions`."""
+    return readers.read_questions(path, fields)
 
 
 def vote(answers: list[str | None]) -> tuple[str | None, int]:
@@ -80,22 +63,29 @@ def vote(answers: list[str | None]) -> tuple[str | None, int]:
 
 
 def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
+    from transformers import AutoTokenizer
     from vllm import SamplingParams
+
+    from mcckd.models import resolve_model
 
     if not test_sets:
         raise InputError("evaluate needs at least one test set, e.g. --in id=questions.parquet")
-    sets = {name: read_questions(Path(path)) for name, path in sorted(test_sets.items())}
-    template = load_prompt(settings.template)
-    with open_llm(settings.model, settings.vllm, seed=settings.seed) as llm:
-        if settings.samples == 1:
-            params = SamplingParams(temperature=0.0, max_tokens=settings.max_tokens)
-        else:
-            params = SamplingParams(
-                n=settings.samples, temperature=settings.temperature, max_tokens=settings.max_tokens, seed=settings.seed
-            )
+    sets = {
+        name: read_questions(Path(path), settings.fields.get(name))[: settings.max_questions]
+        for name, path in sorted(test_sets.items())
+    }
+    model_dir = resolve_model(settings.model)
+    renderer = Renderer(AutoTokenizer.from_pretrained(str(model_dir)), settings.template, settings.chat, str(model_dir))
+    decoding = {"max_tokens": settings.max_tokens, "stop_token_ids": renderer.stop_token_ids}
+    if settings.samples == 1:
+        params = SamplingParams(temperature=0.0, **decoding)
+    else:
+        params = SamplingParams(n=settings.samples, temperature=settings.temperature, seed=settings.seed, **decoding)
+    with open_llm(model_dir, settings.vllm, seed=settings.seed) as llm:
         rows, accuracy, unanswered = [], {}, {}
         for name, questions in tqdm(sets.items(), desc=f"evaluate {settings.model_name}", unit="set"):
-            prompts = [render(template, q["question"], settings.cot_format) for q in questions]
+            # Token ids, not text: exactly the prompt tokens the student was trained on.
+            prompts = [{"prompt_token_ids": renderer.prompt_ids(q["question"], settings.cot_format)} for q in questions]
             outputs = llm.generate(prompts, params, use_tqdm=False) if prompts else []
             mine = []
             for q, out in zip(questions, outputs, strict=True):
@@ -122,6 +112,7 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
     write_table(rows, out_dir / "predictions.parquet", PREDICTIONS)
     (out_dir / "accuracy.json").write_text(json.dumps(accuracy, indent=2))
     return {
+        "chat_template": renderer.chat,
         "accuracy": accuracy,
         "unanswered": unanswered,
         "questions": {name: len(q) for name, q in sets.items()},

@@ -1,6 +1,7 @@
 """Stage 1, sample: each teacher writes N rationales per (question, prompt), written shard by shard.
 
-In: questions Parquet (``data_schemas.QUESTIONS``). Out: ``samples.parquet`` (``SAMPLES``), exactly
+In: questions with gold answers, in any format :mod:`mcckd.readers` reads (Parquet with the
+``QUESTIONS`` schema, GSM8K jsonl, the MCC-KD JSON files, ...). Out: ``samples.parquet`` (``SAMPLES``), exactly
 one row per (question, teacher, prompt, sample index), with the teacher's identity, template, CoT
 format and granularity, sampling parameters, finish reason and token counts on every row; and
 ``throughput.json`` (prompts/s, generated tokens/s and token totals per teacher).
@@ -20,14 +21,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from data_schemas import QUESTIONS, SAMPLES, read_table, write_table
+from data_schemas import SAMPLES, write_table
 from mcckd.prompts import load_prompt, render
+from mcckd.readers import read_questions
 from mcckd.store import fingerprint, write_progress
 from mcckd.teachers import Completion, Request, Sampling, TeacherSpec, run_teacher, teacher_fingerprint
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 
 
 class PromptSpec(BaseModel):
@@ -45,6 +47,7 @@ class SampleSettings(BaseModel):
     sampling: Sampling = Sampling()
     seed: int = 0
     shard_size: int = 64  # questions per shard: the unit written to disk, and the most a kill loses
+    max_questions: int | None = Field(None, ge=1, description="only the file's first N questions (a quick run)")
 
     @model_validator(mode="after")
     def _distinct(self) -> SampleSettings:
@@ -138,7 +141,7 @@ class Progress:
 
 
 def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path) -> dict:
-    table = read_table(questions, QUESTIONS).to_pylist()
+    table = read_questions(questions)[: settings.max_questions]
     plan = plan_shards(settings, table, work_dir)
     all_shards = [s for shards in plan.values() for s in shards]
     found = sum(s.path.is_file() for s in all_shards)

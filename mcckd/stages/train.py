@@ -1,7 +1,8 @@
 """Stage 5, train: fine-tune the student on the materialized rationales.
 
 In: ``train.parquet`` (``TRAINSET``) and a base model folder. Out: ``model/`` (weights +
-tokenizer; the best dev checkpoint when there is a dev split), ``train_log.parquet`` (CE and
+tokenizer; the best dev checkpoint when there is a dev split), ``rendered_examples.txt`` (the
+first questions as the student reads them, loss mask marked), ``train_log.parquet`` (CE and
 consistency per step), ``dev_log.parquet``, ``loss.png``, and ``rejections.parquet`` for
 rationales the student's tokenizer could not align. Std-CoT is ``alpha = 0``; MCC-KD adds alpha x
 the answer-span consistency between a question's rationales.
@@ -20,32 +21,35 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from data_schemas import DEV_LOG, REJECTIONS, TRAIN_LOG, TRAINSET, read_table, rejection, write_table
-from mcckd.prompts import load_prompt, render
+from mcckd.rendering import ChatSettings
 from mcckd.training.config import TrainConfig
 
 if TYPE_CHECKING:  # torch and transformers load only when a training runs (the flows import this module)
-    from mcckd.training.data import Example
+    from mcckd.rendering import Example, Renderer
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 
 
 class TrainSettings(BaseModel):
-    base_model: Path
-    template: str = "student"
+    base_model: Path  # a model folder, a GGUF file or a named source (mcckd.models)
+    template: str = "student"  # the plain prompt file, for students without a chat template
+    chat: ChatSettings = ChatSettings()  # students with a chat template: system turn, instruction
     loop: TrainConfig = TrainConfig()
     processes: int = 1  # > 1: the flow launches DDP with torch.distributed.run (one per GPU)
 
 
-def examples_from_trainset(rows: list[dict], template: str) -> list[Example]:
-    """One example per rationale; the completion starts with a space, so spans shift by one."""
-    from mcckd.training.data import Example
+def examples_from_trainset(rows: list[dict], renderer: Renderer) -> list[Example]:
+    """One example per rationale, rendered as the student will be asked at evaluation."""
+    return [
+        renderer.example(row["question_id"], row["question"], text, (span["start"], span["end"]))
+        for row in rows
+        for text, span in zip(row["rationales"], row["answer_spans"], strict=True)
+    ]
 
-    examples = []
-    for row in rows:
-        prompt = render(template, row["question"])
-        for text, span in zip(row["rationales"], row["answer_spans"], strict=True):
-            examples.append(Example(row["question_id"], prompt, " " + text, (span["start"] + 1, span["end"] + 1)))
-    return examples
+
+def pad_id(tokenizer) -> int:
+    """Padding is masked out, so any id does; Llama 3 tokenizers define none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def plot_losses(log: list[dict], dev_log: list[dict], path: Path) -> None:
@@ -75,24 +79,30 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mcckd.training.data import encode_groups, split_dev
+    from mcckd.models import resolve_model
+    from mcckd.rendering import Renderer
+    from mcckd.training.data import encode_groups, show_loss_mask, split_dev
     from mcckd.training.loop import train_causal_lm
 
     rows = read_table(trainset, TRAINSET).to_pylist()
-    tokenizer = AutoTokenizer.from_pretrained(str(settings.base_model))
-    examples = examples_from_trainset(rows, load_prompt(settings.template))
+    base = resolve_model(settings.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    renderer = Renderer(tokenizer, settings.template, settings.chat, source=str(base))
+    examples = examples_from_trainset(rows, renderer)
     groups, rejected = encode_groups(tokenizer, examples, settings.loop.max_length)
     write_table(
         [rejection("train", r.group, r.reason, r.detail) for r in rejected],
         out_dir / "rejections.parquet",
         REJECTIONS,
     )
+    shown = [show_loss_mask(tokenizer, group[0]) for group in groups[:3]]
+    (out_dir / "rendered_examples.txt").write_text("\n\n=====\n\n".join(shown) + "\n")
     train, dev = split_dev(groups, settings.loop.dev_fraction)
     if not train:
         raise ValueError(f"{trainset}: no trainable question left ({len(rejected)} rejected, {len(dev)} in dev)")
-    model = AutoModelForCausalLM.from_pretrained(str(settings.base_model), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
     result = train_causal_lm(
-        model, tokenizer.pad_token_id, train, settings.loop, work_dir, dev, desc=f"train alpha={settings.loop.alpha}"
+        model, pad_id(tokenizer), train, settings.loop, work_dir, dev, desc=f"train alpha={settings.loop.alpha}"
     )
     result.model.save_pretrained(str(out_dir / "model"))
     tokenizer.save_pretrained(str(out_dir / "model"))
@@ -100,6 +110,7 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
     write_table(pa.Table.from_pylist(result.dev_log, schema=DEV_LOG), out_dir / "dev_log.parquet", DEV_LOG)
     plot_losses(result.log, result.dev_log, out_dir / "loss.png")
     return {
+        "chat_template": renderer.chat,
         "questions": len(train),
         "dev_questions": len(dev),
         "rationales": sum(len(g) for g in train),

@@ -32,6 +32,9 @@ class TrainConfig(BaseModel):
     max_length: int = 256
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, weights and optimizer stay fp32
     gradient_checkpointing: bool = False
+    chunked_loss: bool = True  # cross-entropy from hidden states in chunks; False = full logits (for comparison)
+    packing: bool = False  # several rationales a row (block-diagonal attention from position_ids), no padding
+    pack_length: int = 0  # tokens a packed row holds; 0 = max_length
     lora: LoraSettings | None = None  # None = full fine-tuning
     dev_fraction: float = 0.0  # questions held out (by id hash) to pick the best checkpoint
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = at the end of each epoch

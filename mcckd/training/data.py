@@ -1,9 +1,9 @@
 """From (prompt, rationale, answer span) to padded tensors, with the student's own tokenizer.
 
-The answer span arrives as character offsets in the rationale; here it becomes token positions via
-the tokenizer's offset mapping. A rationale whose span does not start and end on token boundaries,
-or a question whose rationales tokenize their answer differently, is rejected with a reason rather
-than mis-aligned.
+Prompt and reply come rendered (:mod:`mcckd.rendering`); the answer span arrives as character
+offsets in the reply and becomes token positions via the tokenizer's offset mapping. A rationale
+whose span does not start and end on token boundaries, or a question whose rationales tokenize
+their answer differently, is rejected with a reason rather than mis-aligned.
 """
 
 from __future__ import annotations
@@ -12,29 +12,12 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
+from mcckd.rendering import Example, prompt_token_ids
 from mcckd.training.loss import IGNORE_INDEX
-
-
-@dataclass(frozen=True)
-class Example:
-    """One rationale of one question, as text."""
-
-    group: str  # question id: rationales of one question share it
-    prompt: str
-    completion: str
-    answer_span: tuple[int, int] | None = None  # character offsets of the answer in ``completion``
-
-
-@dataclass(frozen=True)
-class Encoded:
-    group: str
-    input_ids: list[int]
-    labels: list[int]
-    span_positions: list[int]  # logit positions predicting each answer token
-    span_token_ids: tuple[int, ...]
+from mcckd.training.step import Encoded as Encoded  # re-exported, as collate: they live in the torch-only step
+from mcckd.training.step import collate as collate
 
 
 @dataclass(frozen=True)
@@ -45,29 +28,68 @@ class Rejection:
 
 
 def encode_example(tokenizer: PreTrainedTokenizerBase, ex: Example, max_length: int) -> Encoded | Rejection:
-    """Tokenize prompt + completion + EOS; only completion and EOS tokens carry labels."""
-    text = ex.prompt + ex.completion
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    ids = [*list(enc["input_ids"]), tokenizer.eos_token_id]
-    offsets = [*list(enc["offset_mapping"]), (len(text), len(text))]
+    """Prompt ids (as generation sees them) + reply ids (+ EOS for plain prompts); only the reply,
+    its end of turn and the EOS carry labels.
+
+    The answer span must cover whole tokens; a token may reach back over whitespace before the
+    answer (" C" is one token in byte-level BPE), which every rationale of the question shares.
+    """
+    prompt_ids = prompt_token_ids(tokenizer, ex.prompt, ex.chat)
+    reply_ids, offsets = reply_tokens(tokenizer, ex, prompt_ids)
+    n_reply = len(reply_ids)
+    if not ex.chat:
+        reply_ids.append(tokenizer.eos_token_id)
+        offsets.append((len(ex.completion), len(ex.completion)))
+    ids = prompt_ids + reply_ids
     if len(ids) > max_length:
         return Rejection(ex.group, "over_long", f"{len(ids)} tokens > max_length {max_length}")
-    prompt_end = len(ex.prompt)
-    special = set(tokenizer.all_special_ids) - {tokenizer.eos_token_id}
-    labels = [
-        tok if (start >= prompt_end and tok not in special) or i == len(ids) - 1 else IGNORE_INDEX
-        for i, (tok, (start, _)) in enumerate(zip(ids, offsets, strict=True))
-    ]
+    labels = [IGNORE_INDEX] * len(prompt_ids) + reply_ids
     positions: list[int] = []
     span_ids: tuple[int, ...] = ()
     if ex.answer_span is not None:
-        lo, hi = prompt_end + ex.answer_span[0], prompt_end + ex.answer_span[1]
-        inside = [i for i, (s, e) in enumerate(offsets[:-1]) if s < hi and e > lo and ids[i] not in special]
-        if not inside or offsets[inside[0]][0] != lo or offsets[inside[-1]][1] != hi:
+        lo, hi = ex.answer_span
+        text = ex.completion
+        inside = [i for i, (s, e) in enumerate(offsets[:n_reply]) if s < hi and e > lo]
+        starts_clean = bool(inside) and not text[offsets[inside[0]][0] : lo].strip()
+        if not inside or not starts_clean or offsets[inside[-1]][1] != hi:
             return Rejection(ex.group, "answer_span_misaligned", f"chars {lo}-{hi} are not on token boundaries")
-        positions = [i - 1 for i in inside]
-        span_ids = tuple(ids[i] for i in inside)
+        positions = [len(prompt_ids) + i - 1 for i in inside]
+        span_ids = tuple(reply_ids[i] for i in inside)
     return Encoded(ex.group, ids, labels, positions, span_ids)
+
+
+def reply_tokens(
+    tokenizer: PreTrainedTokenizerBase, ex: Example, prompt_ids: list[int]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """The reply's ids and character offsets (in ``ex.completion``) as the tokenizer reads the whole
+    text, so a SentencePiece reply gets no word-start marker of its own; tokenized alone only where
+    prompt and reply would merge across the boundary (the prompt ids must stay what generation sees)."""
+    whole = tokenizer(ex.prompt + ex.completion, return_offsets_mapping=True, add_special_tokens=not ex.chat)
+    ids, n = list(whole["input_ids"]), len(prompt_ids)
+    if ids[:n] == prompt_ids:
+        shift = len(ex.prompt)
+        return ids[n:], [(max(0, s - shift), max(0, e - shift)) for s, e in whole["offset_mapping"][n:]]
+    alone = tokenizer(ex.completion, return_offsets_mapping=True, add_special_tokens=False)
+    return list(alone["input_ids"]), [tuple(o) for o in alone["offset_mapping"]]
+
+
+def show_loss_mask(tokenizer: PreTrainedTokenizerBase, enc: Encoded) -> str:
+    """The example as the model reads it, the tokens that carry loss inside [[...]] and the answer
+    span's tokens inside {{...}}: what a person checks to see that the student learns the reply."""
+    span = {p + 1 for p in enc.span_positions}
+    kinds = [(label != IGNORE_INDEX, i in span) for i, label in enumerate(enc.labels)]
+    out, start, inside = [], 0, False
+    for end in range(1, len(kinds) + 1):
+        if end < len(kinds) and kinds[end] == kinds[start]:
+            continue
+        learned, answer = kinds[start]
+        if learned != inside:
+            out.append("[[" if learned else "]]")
+            inside = learned
+        text = tokenizer.decode(enc.input_ids[start:end])  # runs, so multi-byte characters decode whole
+        out.append(f"{{{{{text}}}}}" if answer else text)
+        start = end
+    return "".join(out) + ("]]" if inside else "")
 
 
 def encode_groups(
@@ -118,32 +140,3 @@ def make_batches(groups: list[list[Encoded]], questions_per_batch: int, seed: in
         batches.append([groups[i] for i in order[start:end]])
         start = end
     return batches
-
-
-def collate(batch: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor | list[int]]:
-    """Right-padded tensors for one batch of questions; ``group_ids`` numbers the questions 0..G-1."""
-    rows = [e for group in batch for e in group]
-    group_ids = [g for g, group in enumerate(batch) for _ in group]
-    length = max(len(e.input_ids) for e in rows)
-    span = max((len(e.span_positions) for e in rows), default=0)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    span_positions = torch.zeros((len(rows), span), dtype=torch.long)
-    span_mask = torch.zeros((len(rows), span), dtype=torch.bool)
-    for r, e in enumerate(rows):
-        n = len(e.input_ids)
-        input_ids[r, :n] = torch.tensor(e.input_ids)
-        labels[r, :n] = torch.tensor(e.labels)
-        attention[r, :n] = 1
-        k = len(e.span_positions)
-        span_positions[r, :k] = torch.tensor(e.span_positions, dtype=torch.long)
-        span_mask[r, :k] = True
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "labels": labels,
-        "span_positions": span_positions,
-        "span_mask": span_mask,
-        "group_ids": group_ids,
-    }

@@ -30,8 +30,9 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from mcckd.store import write_progress
 from mcckd.training.config import LoraSettings, TrainConfig
-from mcckd.training.data import Encoded, collate, make_batches
-from mcckd.training.loss import LossParts, gather_span, mcc_kd_loss, question_pairs, sequence_cross_entropy
+from mcckd.training.data import make_batches
+from mcckd.training.loss import LossParts, gather_span, question_pairs
+from mcckd.training.step import Encoded, collate, step_losses, step_scores
 
 
 @dataclass
@@ -78,24 +79,22 @@ def to_device(tensors: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
 
 
-def forward_loss(model, batch: list[list[Encoded]], cfg: TrainConfig, pad_id: int, pair_rng, accelerator) -> LossParts:
-    """One micro-batch: logits for the cross-entropy; span logits from the final hidden states.
+def pack_length(cfg: TrainConfig) -> int | None:
+    """Tokens a packed row holds, or None for one padded sequence a row."""
+    return (cfg.pack_length or cfg.max_length) if cfg.packing else None
 
-    The span rows of the last hidden state go through the LM head once more (N x S rows), so the
-    consistency term adds no logits-sized tensor and no dense gradient to the step.
+
+def forward_loss(model, batch: list[list[Encoded]], cfg: TrainConfig, pad_id: int, pair_rng, accelerator) -> LossParts:
+    """One micro-batch (:func:`mcckd.training.step.step_losses`): final hidden states from the
+    model, the cross-entropy chunk by chunk against the LM head (never the full logits, unless
+    ``chunked_loss=False``), and MCC-KD's span logits from the same hidden states (N x S rows).
     """
-    t = collate(batch, pad_id)
+    t = collate(batch, pad_id, pack_length(cfg))
     pairs = question_pairs(t["group_ids"], cfg.pair_mode, pair_rng).to(accelerator.device)
     t = to_device(t, accelerator.device)
-    consistent = cfg.alpha > 0
+    lm_head = accelerator.unwrap_model(model).get_output_embeddings()
     with autocast(cfg, accelerator.device):
-        out = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], output_hidden_states=consistent)
-        if consistent:
-            lm_head = accelerator.unwrap_model(model).get_output_embeddings()
-            span_logits = lm_head(gather_span(out.hidden_states[-1], t["span_positions"]))
-        else:
-            span_logits = out.logits.new_empty(0)
-    return mcc_kd_loss(out.logits, t["labels"], span_logits, t["span_mask"], pairs, cfg.alpha, cfg.temperature)
+        return step_losses(model, lm_head, t, pairs, cfg.alpha, cfg.temperature, cfg.chunked_loss)
 
 
 @torch.no_grad()
@@ -103,13 +102,13 @@ def evaluate_dev(model: PreTrainedModel, dev: list[list[Encoded]], cfg: TrainCon
     """Teacher-forced dev cross-entropy and answer-token accuracy (every answer token is the argmax)."""
     model.eval()
     ce_sum, exact, count = 0.0, 0, 0
+    lm_head = model.get_output_embeddings()
     for batch in make_batches(dev, cfg.questions_per_batch, 0):
-        t = to_device(collate(batch, pad_id), accelerator.device)
+        t = to_device(collate(batch, pad_id, pack_length(cfg)), accelerator.device)
         with autocast(cfg, accelerator.device):
-            logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
-        ce_sum += sequence_cross_entropy(logits, t["labels"]).sum().item()
-        predicted = gather_span(logits, t["span_positions"]).argmax(-1)
-        target = gather_span(t["input_ids"], t["span_positions"] + 1)
+            per_sequence, predicted = step_scores(model, lm_head, t, cfg.chunked_loss)
+        ce_sum += per_sequence.sum().item()
+        target = gather_span(t["input_ids"], t["span_positions"] + 1, t["span_rows"])
         exact += ((predicted == target) | ~t["span_mask"]).all(1).sum().item()
         count += len(t["group_ids"])
     model.train()
