@@ -24,8 +24,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from mcckd.runtime import configure_local_runtime
+from mcckd.runtime import allocator_in_use, configure_local_runtime, reexec_with_caching_allocator
 
+if sys.argv[1:2] == ["train"]:  # before torch loads: training runs under a caching allocator (mcckd.runtime)
+    reexec_with_caching_allocator(["-m", "mcckd", *sys.argv[1:]])
 configure_local_runtime()  # before the stages import transformers/vLLM, which read it at import
 
 from data_schemas import InputError  # noqa: E402
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         inputs[name] = Path(path)
     log_path = args.log or args.out.with_name(args.out.name + ".log")
     log_to_file(log_path)
+    log.info("stage %s starts (allocator: %s)", args.stage, allocator_in_use())
     try:
         summary = execute(args.stage, parse_settings(args.stage, args.settings), args.out, inputs)
     except Exception as error:

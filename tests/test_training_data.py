@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mcckd.training.data import Example, collate, encode_example, encode_groups
+import random
+
+from mcckd.training.data import Encoded, Example, collate, encode_example, encode_groups, make_batches
 from mcckd.training.loss import IGNORE_INDEX
 
 PROMPT = "Question: Tom has 5 apples. He buys 3. How many?\nAnswer:"
@@ -69,3 +71,43 @@ def test_collate_pads_and_numbers_questions(demo_tokenizer):
     assert (batch["labels"][0, n_short:] == IGNORE_INDEX).all()
     assert (batch["input_ids"][0, n_short:] == demo_tokenizer.pad_token_id).all()
     assert batch["span_mask"].all()
+
+
+def _groups(lengths: list[list[int]]) -> list[list[Encoded]]:
+    """Questions whose rationales have the given token lengths (ids only; labels do not matter here)."""
+    return [
+        [Encoded(f"q{q}", [5] * n, [IGNORE_INDEX] * n, [], ()) for n in rationale_lengths]
+        for q, rationale_lengths in enumerate(lengths)
+    ]
+
+
+def _padded_tokens(batches: list[list[list[Encoded]]]) -> int:
+    """Tokens a padded batch holds: rationales x the batch's longest rationale."""
+    return sum(sum(len(g) for g in b) * max(len(e.input_ids) for g in b for e in g) for b in batches)
+
+
+def test_length_grouped_batches_keep_questions_whole_and_cut_padding():
+    rng = random.Random(0)
+    # Rationales of one question are of similar length (within 20%); questions range from 20 to 400 tokens.
+    bases = [rng.randint(20, 400) for _ in range(203)]
+    groups = _groups([[b + rng.randint(-b // 5, b // 5) for _ in range(rng.randint(1, 4))] for b in bases])
+    plain = make_batches(groups, 8, seed=3)
+    grouped = make_batches(groups, 8, seed=3, by_length=True)
+    for batches in (plain, grouped):
+        dealt = [g[0].group for b in batches for g in b]
+        assert sorted(dealt) == sorted(g[0].group for g in groups)  # every question once, its K together
+        assert max(map(len, batches)) - min(map(len, batches)) <= 1
+    assert _padded_tokens(grouped) < 0.7 * _padded_tokens(plain)
+    assert grouped == make_batches(groups, 8, seed=3, by_length=True)  # a pure function of the seed
+    assert grouped != make_batches(groups, 8, seed=4, by_length=True)
+    # The order of batches is shuffled, not longest-last: the first batches are not all the shortest.
+    longest = [max(len(e.input_ids) for g in b for e in g) for b in grouped]
+    assert longest[: len(longest) // 2] != sorted(longest)[: len(longest) // 2]
+
+
+def test_length_grouping_on_degenerate_sets():
+    assert make_batches([], 4, seed=0, by_length=True) == [[]]
+    one = _groups([[7, 9]])
+    assert make_batches(one, 4, seed=0, by_length=True) == [one]
+    same = _groups([[10, 10]] * 9)  # every length equal: grouping changes nothing but the order
+    assert sorted(len(b) for b in make_batches(same, 4, seed=0, by_length=True)) == [3, 3, 3]

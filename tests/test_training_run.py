@@ -138,6 +138,7 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trains
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "manifest.json").read_text())["summary"]
     assert summary["processes"] == 2
+    assert summary["allocator"] == "mimalloc"  # each rank re-executed itself under the caching allocator
     assert summary["weight_hashes"][0] == summary["weight_hashes"][1]
     # Each rank takes its share of every batch, weighted, and DDP averages gradients: the same
     # optimisation as one process up to float summation order. Those 1e-7 differences grow as

@@ -81,6 +81,7 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
 
     from mcckd.models import resolve_model
     from mcckd.rendering import Renderer
+    from mcckd.runtime import allocator_in_use
     from mcckd.training.data import encode_groups, show_loss_mask, split_dev
     from mcckd.training.loop import train_causal_lm
 
@@ -122,4 +123,5 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
         "processes": len(result.weight_hashes),
         "weight_hashes": result.weight_hashes,
         "seconds": result.log[-1]["seconds"],
+        "allocator": allocator_in_use(),  # mimalloc when run as `python -m mcckd train` (the flow does)
     }

@@ -124,19 +124,41 @@ def split_dev(groups: list[list[Encoded]], fraction: float) -> tuple[list[list[E
     ]
 
 
-def make_batches(groups: list[list[Encoded]], questions_per_batch: int, seed: int) -> list[list[list[Encoded]]]:
+LENGTH_WINDOW = 50  # batches whose questions are sorted by length together (as transformers' mega-batches)
+
+
+def make_batches(
+    groups: list[list[Encoded]], questions_per_batch: int, seed: int, by_length: bool = False
+) -> list[list[list[Encoded]]]:
     """Shuffle questions (not rationales: all K of a question share a batch) and cut into batches.
 
     Batches are as even as possible (sizes differ by at most one), so no short last batch: under
     DDP every rank gets questions in every batch, and each step weighs about the same.
+
+    ``by_length``: within each window of ``LENGTH_WINDOW`` batches the questions are sorted by their
+    longest rationale before they are dealt, and the window's batches are shuffled again; a padded
+    batch then pads to a length close to its questions' own, while each epoch still sees the
+    questions in a seed-dependent order and mix.
     """
+    rng = random.Random(seed)
     order = list(range(len(groups)))
-    random.Random(seed).shuffle(order)
+    rng.shuffle(order)
     count = max(1, -(-len(order) // questions_per_batch))
     size, extra = divmod(len(order), count)
+    sizes = [size + (b < extra) for b in range(count)]
     batches, start = [], 0
-    for b in range(count):
-        end = start + size + (b < extra)
-        batches.append([groups[i] for i in order[start:end]])
-        start = end
+    for w in range(0, count, LENGTH_WINDOW if by_length else count):
+        window = sizes[w : w + LENGTH_WINDOW] if by_length else sizes
+        chosen = order[start : start + sum(window)]
+        start += sum(window)
+        if by_length:
+            chosen.sort(key=lambda i: max(len(e.input_ids) for e in groups[i]))
+        cut = 0
+        dealt = []
+        for n in window:
+            dealt.append([groups[i] for i in chosen[cut : cut + n]])
+            cut += n
+        if by_length:
+            rng.shuffle(dealt)
+        batches += dealt
     return batches

@@ -58,7 +58,7 @@ def step_plan(groups: list[list[Encoded]], cfg: TrainConfig, rank: int, world: i
     """
     plan = []
     for epoch in range(cfg.epochs):
-        batches = make_batches(groups, cfg.questions_per_batch, cfg.seed + epoch)
+        batches = make_batches(groups, cfg.questions_per_batch, cfg.seed + epoch, cfg.group_by_length)
         if min(len(b) for b in batches) < world:
             raise ValueError(f"batches of {min(len(b) for b in batches)} questions cannot feed {world} processes")
         micro = []
@@ -103,7 +103,7 @@ def evaluate_dev(model: PreTrainedModel, dev: list[list[Encoded]], cfg: TrainCon
     model.eval()
     ce_sum, exact, count = 0.0, 0, 0
     lm_head = model.get_output_embeddings()
-    for batch in make_batches(dev, cfg.questions_per_batch, 0):
+    for batch in make_batches(dev, cfg.questions_per_batch, 0, by_length=True):
         t = to_device(collate(batch, pad_id, pack_length(cfg)), accelerator.device)
         with autocast(cfg, accelerator.device):
             per_sequence, predicted = step_scores(model, lm_head, t, cfg.chunked_loss)
