@@ -16,7 +16,7 @@ checkpoints; each in a process of its own, so its peak RSS is its own:
   (the chat template, loss on the completion only), ``--per-batch`` x 4 rows a step, padded: what
   a user would pick for Std-CoT;
 - ``std_cot``: the project's loop (``mcckd.training.loop.train_causal_lm``), packed rows of
-  ``--row`` tokens, chunked cross-entropy;
+  ``--row`` tokens, chunked cross-entropy, batches grouped by length;
 - ``std_cot_padded``: the same, one rationale a row, batches grouped by length;
 - ``mcc_kd``: the project's loop, packed, alpha 0.05, every pair of a question's rationales;
 - ``std_cot_system_malloc``: ``std_cot`` under glibc's malloc instead of mimalloc.
@@ -138,6 +138,7 @@ def run_loop(args, base, tokenizer, groups, alpha: float, packing: bool) -> list
         learning_rate=args.lr,
         max_length=args.max_length,
         precision="bf16",
+        group_by_length=True,
         packing=packing,
         pack_length=args.row,
         checkpoint_every=0,

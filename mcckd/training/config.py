@@ -33,7 +33,9 @@ class TrainConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast, weights and optimizer stay fp32
     gradient_checkpointing: bool = False
     chunked_loss: bool = True  # cross-entropy from hidden states in chunks; False = full logits (for comparison)
-    group_by_length: bool = True  # batches of questions of similar length (less padding); a question's K stay together
+    # Batches of questions of similar length (less padding; a question's K stay together). Off by default:
+    # on the demo world it cost Std-CoT id 0.897 -> 0.468 (docs/training_at_scale.md), as each step saw one kind.
+    group_by_length: bool = False
     packing: bool = False  # several rationales a row (block-diagonal attention from position_ids), no padding
     pack_length: int = 0  # tokens a packed row holds; 0 = max_length
     lora: LoraSettings | None = None  # None = full fine-tuning
