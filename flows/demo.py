@@ -41,7 +41,8 @@ WHOLE_QUESTIONS = DecontaminateSettings(ngram=None)
 
 
 class DemoSettings(BaseModel):
-    """The demo's size: a cold demo takes 15 min 28 s on 2 AVX-512 cores, longer on AVX2 (README: time)."""
+    """The demo's size: a cold demo took 15 min 28 s on 2 AVX-512 cores, 12 min 52 s on 2 AMX cores with
+    the training stage under mimalloc, longer on AVX2 (docs/demo_world.md: time)."""
 
     # 2,400 questions for 5 epochs, not 600 for 20: the same ~720 steps, and Std-CoT id 0.86 +/- 0.02
     # over three seeds instead of 0.5 (README: the demo world, distinct questions).
@@ -54,7 +55,7 @@ class DemoSettings(BaseModel):
     cot_styles: list[tuple[str, str]] = Field([("plain", "2")], description="(CoT format, granularity) prompts")
     num_samples: int = Field(4, description="rationales per question and CoT style")
     temperature: float = 0.8
-    k: int = 2  # walked rationales are long: two per question keep a cold demo near 15 minutes (README: time)
+    k: int = 2  # walked rationales are long: two a question keep a cold demo near 15 minutes (docs/demo_world.md)
     epochs: int = 5
     alpha: float = 0.05
     questions_per_batch: int = 16
