@@ -47,13 +47,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mcckd.runtime import allocator_env, allocator_in_use  # noqa: E402
+
 SVAMP = ROOT.parent / "shared" / "data" / "mcckd" / "SVAMP" / "train.json"
 STUDENT = "SmolLM2-135M-Instruct"
 K = 4
 METHODS = ("bare", "trl", "std_cot", "std_cot_padded", "mcc_kd", "std_cot_system_malloc")
-
-
-from mcckd.runtime import allocator_env  # noqa: E402
 
 
 def trainset(work: Path, questions: int) -> Path:
@@ -215,6 +214,9 @@ def run_trl(args, base, tokenizer, rows) -> list[tuple[int, float]]:
 
 def child(args) -> None:
     """One method, one round: prints a JSON line with tokens/s after the warm-up step and peak RSS."""
+    expected = "system" if os.environ.get("MCCKD_ALLOCATOR") == "system" else "mimalloc"
+    if allocator_in_use() != expected:
+        raise SystemExit(f"{args.child}: not running under {expected} (pip install cmeel-mimalloc)")
     base, tokenizer, rows, groups = encoded_groups(Path(args.trainset), args.questions, args.max_length)
     if args.child == "bare":
         steps = run_bare(args, base, groups)
@@ -223,8 +225,6 @@ def child(args) -> None:
     else:
         alpha = 0.05 if args.child == "mcc_kd" else 0.0
         steps = run_loop(args, base, tokenizer, groups, alpha, packing=args.child != "std_cot_padded")
-    if os.environ.get("MCCKD_ALLOCATOR") != "system" and "mimalloc" not in os.environ.get("LD_PRELOAD", ""):
-        raise SystemExit(f"{args.child}: not running under the caching allocator (pip install cmeel-mimalloc)")
     timed = steps[1:]
     tokens, seconds = sum(n for n, _ in timed), sum(s for _, s in timed)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -266,9 +266,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {m: [] for m in args.methods}
     for r in range(args.repeats):
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--child", method, "--trainset", str(train_parquet), *passed]
-            system = method.endswith("_system_malloc")
-            cmd[3] = method.removesuffix("_system_malloc")
+            loop = method.removesuffix("_system_malloc")
+            cmd = [sys.executable, __file__, "--child", loop, "--trainset", str(train_parquet), *passed]
+            system = loop != method
             env = allocator_env({**os.environ, "MCCKD_ALLOCATOR": "system"} if system else None)
             done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
             if done.returncode:

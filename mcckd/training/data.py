@@ -9,6 +9,7 @@ their answer differently, is rejected with a reason rather than mis-aligned.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from dataclasses import dataclass
 
@@ -145,20 +146,14 @@ def make_batches(
     rng.shuffle(order)
     count = max(1, -(-len(order) // questions_per_batch))
     size, extra = divmod(len(order), count)
-    sizes = [size + (b < extra) for b in range(count)]
-    batches, start = [], 0
-    for w in range(0, count, LENGTH_WINDOW if by_length else count):
-        window = sizes[w : w + LENGTH_WINDOW] if by_length else sizes
-        chosen = order[start : start + sum(window)]
-        start += sum(window)
-        if by_length:
-            chosen.sort(key=lambda i: max(len(e.input_ids) for e in groups[i]))
-        cut = 0
-        dealt = []
-        for n in window:
-            dealt.append([groups[i] for i in chosen[cut : cut + n]])
-            cut += n
-        if by_length:
-            rng.shuffle(dealt)
-        batches += dealt
+    bounds = [0, *itertools.accumulate(size + (b < extra) for b in range(count))]
+    windows = range(0, count, LENGTH_WINDOW) if by_length else ()
+    for w in windows:
+        lo, hi = bounds[w], bounds[min(w + LENGTH_WINDOW, count)]
+        order[lo:hi] = sorted(order[lo:hi], key=lambda i: max(len(e.input_ids) for e in groups[i]))
+    batches = [[groups[i] for i in order[lo:hi]] for lo, hi in itertools.pairwise(bounds)]
+    for w in windows:
+        window = batches[w : w + LENGTH_WINDOW]
+        rng.shuffle(window)
+        batches[w : w + LENGTH_WINDOW] = window
     return batches

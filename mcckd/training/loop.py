@@ -103,7 +103,7 @@ def evaluate_dev(model: PreTrainedModel, dev: list[list[Encoded]], cfg: TrainCon
     model.eval()
     ce_sum, exact, count = 0.0, 0, 0
     lm_head = model.get_output_embeddings()
-    for batch in make_batches(dev, cfg.questions_per_batch, 0, by_length=True):
+    for batch in make_batches(dev, cfg.questions_per_batch, 0):
         t = to_device(collate(batch, pad_id, pack_length(cfg)), accelerator.device)
         with autocast(cfg, accelerator.device):
             per_sequence, predicted = step_scores(model, lm_head, t, cfg.chunked_loss)
