@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
 
-.PHONY: setup demo ui test lint format assets
+.PHONY: setup demo real real-sweep real-self ui test lint format assets
 setup: $(STAMP)
 
 $(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
@@ -20,6 +20,17 @@ endif
 
 demo: setup
 	$(PY) -m flows.demo
+
+# The papers' experiments on a real student (SmolLM2-135M-Instruct, ../shared/data): MCC-KD against
+# Std-CoT (about 50 min on 2 cores), the CoT-factor sweep, and self-distillation through vLLM.
+real: setup
+	$(PY) -m flows.real
+
+real-sweep: setup
+	$(PY) -m flows.real --sweep
+
+real-self: setup
+	$(PY) -m flows.real --self-distill
 
 # The Prefect UI on the project's database (the demo's runs show there); runs started from it execute here.
 ui: setup

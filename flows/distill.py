@@ -329,7 +329,7 @@ def reference_models(
         }
         for t in local
     }
-    models["untrained"] = {None: (base.base_model, model_fingerprint(base.base_model), asked_as(base))}
+    models[report.UNTRAINED] = {None: (base.base_model, model_fingerprint(base.base_model), asked_as(base))}
     return models
 
 

@@ -24,6 +24,7 @@ from mcckd.environment import describe
 from mcckd.store import read_manifest
 
 PLOTS = ("accuracy.png", "training_curves.png", "teacher_gap.png")
+UNTRAINED = "untrained"  # the reference model every flow evaluates: the student's base, as its students are asked
 EvalDirs = dict[str, dict[int | None, Path]]  # model -> seed (None: not a trained student) -> evaluate folder
 
 
@@ -103,6 +104,12 @@ def data_counts(
     if decontaminate_dir is not None:
         clean = stage_summary(decontaminate_dir)
         counts |= {"contaminated": clean["rejected"], "trained_on": clean["rows_out"]}
+    generated = stage_summary(sample_dir).get("generated_tokens")  # sampled, not imported: what it cost
+    if generated:
+        counts |= {
+            "generated_tokens": generated,
+            "correct_per_1k_tokens": round(1000 * counts["correct"] / generated, 3),
+        }
     return counts
 
 
@@ -133,7 +140,8 @@ def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) ->
     """The run's figures, shaped as the demo's metrics.json contract.
 
     ``{model: {set: mean accuracy over seeds}}`` for every model, then ``per_seed`` (students),
-    ``ci95`` (every model), ``paired`` (each method minus ``baseline`` on the seeds both ran),
+    ``ci95`` (every model), ``paired`` (each method minus ``baseline`` on the seeds both ran, then each
+    method minus the untrained base, its every seed against the base's one run),
     ``unanswered`` (share of questions without an answer, mean over seeds), ``seeds`` and ``counts``.
     """
     runs = {model: {seed: correctness(d) for seed, d in dirs.items()} for model, dirs in evals.items()}
@@ -165,6 +173,18 @@ def build_metrics(evals: EvalDirs, counts: dict, baseline: str | None = None) ->
                 a = aligned(model, name, [runs[model][s] for s in common])
                 b = aligned(baseline, name, [runs[baseline][s] for s in common])
                 paired[key][name] = stats.paired_comparison(a, b)
+    if UNTRAINED in runs:  # did distilling help at all: each student, every seed, against its base
+        (base_run,) = runs[UNTRAINED].values()
+        for model, by_seed in runs.items():
+            if model in per_seed:
+                seeds = sorted(by_seed)
+                paired[f"{model} - {UNTRAINED}"] = {
+                    name: stats.paired_comparison(
+                        aligned(model, name, [by_seed[s] for s in seeds]),
+                        aligned(UNTRAINED, name, [base_run] * len(seeds)),
+                    )
+                    for name in metrics[model]
+                }
     seeds_run = {m: sorted(s for s in by_seed if s is not None) for m, by_seed in runs.items() if m in per_seed}
     return metrics | {
         "per_seed": per_seed,
@@ -262,14 +282,18 @@ def counts_table(metrics: dict) -> str:
                 f"| {c['questions']} | {c['samples']} | {c['correct']} | {c['selected']} |",
             ]
         )
-    return "\n".join(
-        [
-            "| questions | samples drawn | judged correct | selected | removed: overlap a test set | trained on |",
-            "|---:|---:|---:|---:|---:|---:|",
-            f"| {c['questions']} | {c['samples']} | {c['correct']} | {c['selected']} | {c['contaminated']} "
-            f"| {c['trained_on']} |",
-        ]
+    share = f" ({c['correct'] / c['samples']:.1%})" if c["samples"] else ""
+    header = "| questions | samples drawn | judged correct | selected | removed: overlap a test set | trained on |"
+    row = (
+        f"| {c['questions']} | {c['samples']} | {c['correct']}{share} | {c['selected']} | {c['contaminated']} "
+        f"| {c['trained_on']} |"
     )
+    rule = "|---:|---:|---:|---:|---:|---:|"
+    if "generated_tokens" in c:  # sampled here: the yield of rejection sampling
+        header += " generated tokens | correct per 1,000 generated tokens |"
+        row += f" {c['generated_tokens']} | {c['correct_per_1k_tokens']} |"
+        rule += "---:|---:|"
+    return "\n".join([header, rule, row])
 
 
 def contamination_text(decontaminate_dir: Path) -> str:

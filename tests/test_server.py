@@ -164,7 +164,11 @@ def test_server_refuses_requests_without_credentials(server):
     assert refused.value.code == 401
     assert isinstance(request(f"{api}/flows/filter", {}), list)
     names = {d["name"] for d in request(f"{api}/deployments/filter", {})}
-    assert names == {"distill", "demo", "sweep", "demo-sweep", "redistill", "stage-gpu", "stage-cpu"}
+    assert names == {"distill", "demo", "sweep", "demo-sweep", "redistill", "stage-gpu", "stage-cpu"} | {
+        "real",
+        "real-sweep",
+        "real-self-distill",
+    }
 
 
 def run_script(env: dict, code: str, timeout: int = 900) -> dict:
