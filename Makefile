@@ -22,7 +22,7 @@ demo: setup
 	$(PY) -m flows.demo
 
 # The papers' experiments on a real student (SmolLM2-135M-Instruct, ../shared/data): MCC-KD against
-# Std-CoT (about 50 min on 2 cores), the CoT-factor sweep, and self-distillation through vLLM.
+# Std-CoT (31 min on 2 cores), the CoT-factor sweep, and self-distillation through vLLM.
 real: setup
 	$(PY) -m flows.real
 

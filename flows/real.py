@@ -9,7 +9,7 @@ the MCC-KD authors' 700 SVAMP questions with ten rationales each from their API 
 cot-factors files (arXiv 2502.18001), SVAMP dev (in distribution), ASDiv and GSM8K (out of
 distribution). Each flow only wires these into ``flows.distill`` / ``flows.sweep``; every stage is
 the ordinary cached one, so a rerun with one setting changed re-runs what depends on it. The default
-sizes fit a 2-core CPU in about an hour (docs/real_student.md says what they cost and what was
+sizes fit a 2-core CPU in about half an hour (docs/real_student.md says what they cost and what was
 tried); on a GPU raise them in the UI's form or with ``--settings``.
 """
 
@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, task
 from pydantic import BaseModel, Field
@@ -49,8 +50,8 @@ COT_FACTOR_CELLS = {
 
 
 class RealSettings(BaseModel):
-    """The real student's run. Defaults: one seed of each method in about an hour on 2 CPU cores
-    (docs/real_student.md); on a GPU, more questions per batch, epochs and seeds."""
+    """The real student's run. Defaults: one seed of each method, 31 min on 2 CPU cores
+    (docs/real_student.md: what each choice costs); on a GPU, more questions per batch, epochs and seeds."""
 
     data: Path = Field(SHARED_DATA, description="the papers' data folder (mcckd/, cot-factors/, gsm8k/)")
     student: str = Field("SmolLM2-135M-Instruct", description="the student's base model source (mcckd.models)")
@@ -61,7 +62,9 @@ class RealSettings(BaseModel):
     learning_rate: float = 5e-5
     alpha: float = Field(0.05, description="MCC-KD's consistency weight")
     max_length: int = 512
-    precision: str = Field("bf16", description="bf16 autocast; fp32 on an AVX2-only CPU (bf16 is emulated there)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "bf16", description="bf16 autocast; fp32 on an AVX2-only CPU (bf16 is emulated there)"
+    )
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each method")
     gsm8k: str = Field(
         "mcckd/GSM8K/dev.json",
@@ -99,6 +102,7 @@ def student_loop(settings: RealSettings, alpha: float, questions_per_batch: int 
 
 
 def student_eval(settings: RealSettings) -> StudentEval:
+    """Greedy decoding; 1 GiB of KV cache holds every sequence a 135M model decodes at once here."""
     return StudentEval(
         max_tokens=settings.eval_max_tokens,
         max_questions=settings.eval_questions,

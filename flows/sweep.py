@@ -275,7 +275,10 @@ def cot_sweep(config: SweepConfig) -> dict:
     config.report_dir.mkdir(parents=True, exist_ok=True)
     if results:
         for name in test_sets:
-            plots.plot_sweep_heatmaps(results, list(data), name, config.report_dir / sweep.heatmap_file(name))
+            untrained = references.get(report.UNTRAINED, {}).get(name)
+            plots.plot_sweep_heatmaps(
+                results, list(data), name, config.report_dir / sweep.heatmap_file(name), untrained
+            )
     path = sweep.write_report(config.report_dir, plan, summary)
 
     create_table_artifact(key="sweep-data", table=data_rows, description="per cell: the training set it made")

@@ -6,6 +6,7 @@ is chosen inside each function, so importing this module never touches a display
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -163,15 +164,20 @@ def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Pat
     return _save(fig, path)
 
 
-def plot_sweep_heatmaps(rows: list[dict], cells: list, test_set: str, path: Path) -> Path:
+def plot_sweep_heatmaps(
+    rows: list[dict], cells: list, test_set: str, path: Path, untrained: float | None = None
+) -> Path:
     """Granularity x format accuracy of a CoT-factor sweep, one panel per (teacher, method); a cell
-    not run is blank. ``rows`` are ``mcckd.sweep.results`` rows, ``cells`` its ``Cell`` objects."""
+    not run is blank. ``rows`` are ``mcckd.sweep.results`` rows, ``cells`` its ``Cell`` objects,
+    ``untrained`` the base student's accuracy (in the title). The colour scale runs from 0 to the
+    best cell rounded up to a tenth, shared by the panels: a weak student's cells still differ in colour."""
     plt = _pyplot()
     teachers = list(dict.fromkeys(c.teacher for c in cells))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     formats = list(dict.fromkeys(c.cot_format for c in cells))
     levels = sorted(dict.fromkeys(c.granularity for c in cells), key=_level_order)
     acc = {(r["cell"], r["method"]): r["accuracy"][test_set] for r in rows}
+    top = max(0.1, math.ceil(10 * max((a["mean"] for a in acc.values()), default=1.0)) / 10)
     fig, axes = plt.subplots(
         len(teachers),
         len(methods),
@@ -190,12 +196,12 @@ def plot_sweep_heatmaps(rows: list[dict], cells: list, test_set: str, path: Path
                     y, x = levels.index(c.granularity), formats.index(c.cot_format)
                     grid[y, x] = a["mean"]
                     low, high = a["ci95"]
-                    ink = "white" if a["mean"] < 0.6 else "black"  # readable on viridis' dark and light ends
+                    ink = "white" if a["mean"] < 0.6 * top else "black"  # readable on viridis' dark and light ends
                     label = f"{a['mean']:.2f}\n[{low:.2f}, {high:.2f}]"
                     ax.text(x, y, label, ha="center", va="center", fontsize=8, color=ink)
             for y, x in zip(*np.nonzero(np.isnan(grid)), strict=True):
                 ax.text(x, y, "not run", ha="center", va="center", fontsize=8, color="grey")
-            image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+            image = ax.imshow(grid, vmin=0, vmax=top, cmap="viridis", aspect="auto")
             ax.set_xticks(range(len(formats)), formats)
             ax.set_yticks(range(len(levels)), levels)
             ax.set_xlabel("CoT format")
@@ -203,7 +209,8 @@ def plot_sweep_heatmaps(rows: list[dict], cells: list, test_set: str, path: Path
             ax.set_title(f"{teacher} · {method}", fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=f"accuracy on {test_set}")
-    fig.suptitle(f"student accuracy on {test_set} by CoT supervision (mean over seeds [95% interval])")
+    base = "" if untrained is None else f"; untrained student {untrained:.2f}"
+    fig.suptitle(f"student accuracy on {test_set} by CoT supervision (mean over seeds [95% interval]{base})")
     return _save(fig, path)
 
 

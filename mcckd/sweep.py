@@ -232,6 +232,17 @@ def accuracy_table(rows: list[dict], test_sets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def reference_line(references: dict[str, dict[str, float]], test_sets: list[str]) -> str:
+    """What every cell's students are read against: the untrained base (and local teachers), one run each."""
+    if not references:
+        return "No reference model was evaluated."
+    models = "; ".join(
+        f"{model}: " + ", ".join(f"{name} {acc[name]:.3f}" for name in test_sets if name in acc)
+        for model, acc in references.items()
+    )
+    return f"On the same questions, not trained here: {models}."
+
+
 def best_table(best: list[dict]) -> str:
     lines = [
         "| method | test set | best cell | accuracy | runner-up | accuracy | difference [95% interval] | p |",
@@ -268,6 +279,7 @@ def write_report(report_dir: Path, plan: list[dict], summary: dict) -> Path:
         parts += ["## Students", "", accuracy_table(summary["results"], test_sets), ""]
         parts += ["Mean over seeds (± sd over seeds) [95% interval: Wilson for one seed, bootstrap over seeds "]
         parts += ["and questions for several]; an unanswered question counts as wrong.", ""]
+        parts += [reference_line(summary["references"], test_sets), ""]
         parts += ["## Best cell per method, against the runner-up", "", best_table(summary["best"]), ""]
         for name in test_sets:
             parts += [f"![{name}]({heatmap_file(name)})", ""]

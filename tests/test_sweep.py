@@ -153,6 +153,8 @@ def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(pref
     assert len(summary["recommendation"]) == 2 and set(summary["references"]) == {"teacher", "untrained"}
     heatmap = tmp_path / "report" / "heatmap_id.png"
     assert heatmap.read_bytes()[:4] == b"\x89PNG"
+    untrained = f"untrained: id {summary['references']['untrained']['id']:.3f}"
+    assert untrained in (tmp_path / "report" / "sweep.md").read_text()  # what the cells are read against
     assert json.loads((tmp_path / "report" / "sweep.json").read_text())["plan"]
 
     # One more cell: only its sample, curation, trainings and evaluations run; the rest is Cached.
