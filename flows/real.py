@@ -195,6 +195,7 @@ class SelfDistillSettings(BaseModel):
 def self_distill_config(
     settings: RealSettings, self_settings: SelfDistillSettings, store: Path, report_dir: Path
 ) -> DistillConfig:
+    """The student as its own teacher (one seed: the point is the sampling path and its yield)."""
     teacher = TeacherSpec(name="self", model=settings.student, chat=True, vllm=VllmSettings(kv_cache_gib=1.0))
     train, svamp_dev = data_files(settings, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json")
     loop = student_loop(settings.model_copy(update={"epochs": self_settings.epochs}), 0.0)
