@@ -201,12 +201,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     metrics = demo(settings=DemoSettings(seeds=args.seeds), report_dir=args.report_dir)
-    print("\nAccuracy per test set: mean (± sd over seeds) [95% interval]; unanswered = wrong\n")
-    print(report.accuracy_table(metrics))
-    print()
-    print(report.comparisons(metrics))
-    print("\nTeacher data:\n")
-    print(report.counts_table(metrics))
+    print(report.console_summary(metrics))
     print(f"\nflow time: {time.perf_counter() - started:.0f} s; report: {args.report_dir / 'report.md'}")
 
 

@@ -457,9 +457,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True, help="a DistillConfig as JSON")
     args = parser.parse_args()
     metrics = distill(DistillConfig.model_validate_json(args.config.read_text()))
-    print(report.accuracy_table(metrics))
-    print()
-    print(report.comparisons(metrics))
+    print(report.console_summary(metrics))
 
 
 if __name__ == "__main__":

@@ -275,12 +275,7 @@ def main() -> None:
         return
     flow_fn = real_self_distill if args.self_distill else real
     metrics = flow_fn(settings=settings, **where)
-    print("\nAccuracy per test set: mean (± sd over seeds) [95% interval]; unanswered = wrong\n")
-    print(report.accuracy_table(metrics))
-    print()
-    print(report.comparisons(metrics))
-    print("\nTeacher data:\n")
-    print(report.counts_table(metrics))
+    print(report.console_summary(metrics))
     print(f"\nflow time: {time.perf_counter() - started:.0f} s")
 
 

@@ -272,6 +272,20 @@ def comparisons(metrics: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(sentences)
 
 
+def console_summary(metrics: dict) -> str:
+    """What a run's command prints at the end: accuracy, the paired comparisons and the data counts."""
+    return "\n".join(
+        [
+            "\nAccuracy per test set: mean (± sd over seeds) [95% interval]; unanswered = wrong\n",
+            accuracy_table(metrics),
+            "",
+            comparisons(metrics),
+            "\nTeacher data:\n",
+            counts_table(metrics),
+        ]
+    )
+
+
 def counts_table(metrics: dict) -> str:
     c = metrics["counts"]
     if "contaminated" not in c:  # a run from before the decontaminate stage

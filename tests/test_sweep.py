@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.demo import DemoSweep, demo_sweep_config
+from flows.real import COT_FACTOR_CELLS, svamp_labels
 from flows.sweep import RecordedCell, SweepConfig, cot_sweep, plan_sweep
 from mcckd.demo_world.assets import TOKENIZER_DIR
 from mcckd.teachers import teacher_identity
@@ -21,26 +22,6 @@ from tests.prefect_runs import task_states
 from tests.shared_data import SHARED_DATA, needs_shared
 
 TINY = DemoSweep(train_questions=6, test_questions=3, cot_formats=["plain"], granularities=["1"], epochs=1, seeds=[0])
-COT_FACTORS = {  # file -> (format, granularity): the data README's description of each
-    "SVAMP_ChatGPT_level1_ranked.json": ("plain", "1"),
-    "SVAMP_ChatGPT_level3_ranked.json": ("plain", "3"),
-    "SVAMP_ChatGPT_level5_ranked.json": ("plain", "5"),
-    "0_SVAMP_chatgpt_level3BSM.json": ("subq", "3"),
-    "0_SVAMP_chatgpt_level3RaR.json": ("rar", "3"),
-    "0_SVAMP_chatgpt_level3SYM.json": ("symbolic", "3"),
-}
-
-
-def svamp_labels(tmp_path: Path) -> Path:
-    """SVAMP train and dev questions with their gold answers, as one file (the cot-factors files have none)."""
-    rows = [
-        r
-        for part in ("train", "dev")
-        for r in json.loads((SHARED_DATA / "mcckd" / "SVAMP" / f"{part}.json").read_text())
-    ]
-    path = tmp_path / "svamp_labels.json"
-    path.write_text(json.dumps([{"instruction": r["instruction"], "label": r["label"]} for r in rows]))
-    return path
 
 
 def svamp_cell(tmp_path: Path, name: str, rows: int | None = None) -> RecordedCell:
@@ -48,10 +29,9 @@ def svamp_cell(tmp_path: Path, name: str, rows: int | None = None) -> RecordedCe
     if rows is not None:  # the first rows only: a small-scale training cell
         source = tmp_path / f"head-{name}"
         source.write_text(json.dumps(json.loads((SHARED_DATA / "cot-factors" / name).read_text())[:rows]))
-    fmt, level = COT_FACTORS[name]
-    return RecordedCell(
-        file=source, teacher="chatgpt", cot_format=fmt, granularity=level, labels=svamp_labels(tmp_path)
-    )
+    fmt, level = COT_FACTOR_CELLS[name]
+    labels = svamp_labels.fn(SHARED_DATA, tmp_path / "store")  # the cot-factors files carry no gold answers
+    return RecordedCell(file=source, teacher="chatgpt", cot_format=fmt, granularity=level, labels=labels)
 
 
 def test_plan_states_every_stage_and_the_budget_leaves_out_whole_runs(tmp_path):
@@ -87,12 +67,12 @@ def test_recorded_svamp_cells_give_per_cell_data_statistics(prefect_harness, tmp
         store=tmp_path / "store",
         report_dir=tmp_path / "report",
         test_sets={},
-        recorded=[svamp_cell(tmp_path, name) for name in COT_FACTORS],
+        recorded=[svamp_cell(tmp_path, name) for name in COT_FACTOR_CELLS],
         tokenizer=TOKENIZER_DIR,
     )
     summary = cot_sweep(config)
     data = {row["cell"]: row for row in summary["data"]}
-    assert list(data) == [f"chatgpt/{fmt}-{level}" for fmt, level in COT_FACTORS.values()]
+    assert list(data) == [f"chatgpt/{fmt}-{level}" for fmt, level in COT_FACTOR_CELLS.values()]
     for row in data.values():
         assert row["source"] == "recorded" and row["teacher_tokens_generated"] is None
         assert row["questions"] in (699, 700) and row["rationales"] == row["questions"]
