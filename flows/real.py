@@ -75,13 +75,13 @@ class RealSettings(BaseModel):
     eval_questions: int | None = Field(None, ge=1, description="only the first N questions of each test set")
 
 
-def data_files(settings: RealSettings, *names: str) -> list[Path]:
+def data_files(data: Path, *names: str) -> list[Path]:
     """The files ``names`` under the data folder; one error listing every one that is missing."""
-    paths = [settings.data / name for name in names]
+    paths = [data / name for name in names]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"not found: {', '.join(missing)} (RealSettings.data is {settings.data}: the papers' data folder, "
+            f"not found: {', '.join(missing)} (RealSettings.data is {data}: the papers' data folder, "
             "../shared/data beside the checkout or $MCCKD_SHARED_DATA)"
         )
     return paths
@@ -122,7 +122,7 @@ def real_config(settings: RealSettings, store: Path, report_dir: Path) -> Distil
         ),
     }
     recorded, svamp_dev, asdiv, gsm8k = data_files(
-        settings, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json", settings.gsm8k
+        settings.data, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json", settings.gsm8k
     )
     return DistillConfig(
         store=store,
@@ -142,7 +142,7 @@ def real_config(settings: RealSettings, store: Path, report_dir: Path) -> Distil
 def svamp_labels(data: Path, store: Path) -> Path:
     """SVAMP's gold answers (train and dev) as one file: the cot-factors files carry none, and a
     cell's dev questions must keep theirs to be counted as overlaps rather than as unlabelled."""
-    sources = data_files(RealSettings(data=data), "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json")
+    sources = data_files(data, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json")
     fp = fingerprint("svamp-labels", *(path_fingerprint(s) for s in sources))[:16]
     out = store / "svamp_labels" / fp
     if not is_complete(out):
@@ -158,8 +158,8 @@ def sweep_config(settings: RealSettings, store: Path, report_dir: Path):
     rationale a question: the files hold one), evaluated on SVAMP dev and ASDiv."""
     from flows.sweep import RecordedCell, SweepConfig
 
-    files = data_files(settings, *(f"cot-factors/{name}" for name in COT_FACTOR_CELLS))
-    svamp_dev, asdiv = data_files(settings, "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json")
+    files = data_files(settings.data, *(f"cot-factors/{name}" for name in COT_FACTOR_CELLS))
+    svamp_dev, asdiv = data_files(settings.data, "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json")
     labels = svamp_labels(settings.data, store)
     cells = [
         RecordedCell(file=file, teacher="chatgpt", cot_format=fmt, granularity=level, labels=labels)
@@ -197,7 +197,7 @@ def self_distill_config(
 ) -> DistillConfig:
     """The student as its own teacher (one seed: the point is the sampling path and its yield)."""
     teacher = TeacherSpec(name="self", model=settings.student, chat=True, vllm=VllmSettings(kv_cache_gib=1.0))
-    train, svamp_dev = data_files(settings, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json")
+    train, svamp_dev = data_files(settings.data, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json")
     loop = student_loop(settings.model_copy(update={"epochs": self_settings.epochs}), 0.0)
     return DistillConfig(
         store=store,

@@ -95,16 +95,17 @@ def data_counts(
 ) -> dict:
     """How many questions, samples, correct and selected rationales; with a decontaminate folder, also
     the selected rationales it removed (``contaminated``) and the ones left to train on."""
+    sampled = stage_summary(sample_dir)
     counts = {
         "questions": questions,
-        "samples": stage_summary(sample_dir)["samples"],
+        "samples": sampled["samples"],
         "correct": stage_summary(judge_dir)["correct"],
         "selected": stage_summary(select_dir)["selected"],
     }
     if decontaminate_dir is not None:
         clean = stage_summary(decontaminate_dir)
         counts |= {"contaminated": clean["rejected"], "trained_on": clean["rows_out"]}
-    generated = stage_summary(sample_dir).get("generated_tokens")  # sampled, not imported: what it cost
+    generated = sampled.get("generated_tokens")  # sampled, not imported: what it cost
     if generated:
         counts |= {
             "generated_tokens": generated,
