@@ -15,8 +15,9 @@ master copy; the trainer's own ``precision="bf16"`` keeps fp32 weights under aut
 Each step is one micro-batch of ``--questions`` questions x K = 4 rationales, each rationale
 uniform 1,024-2,048 tokens (a 128-token prompt shared by its question, an answer span of 3 tokens
 before the EOS), then backward, gradient clipping and AdamW. Std-CoT and MCC-KD (alpha 0.1, all
-pairs), padded (one rationale a row) and packed (rows of up to 4,096 tokens, block-diagonal
-attention), chunked loss; and, for comparison, Std-CoT with full logits on the 0.5B student.
+pairs), padded (one rationale a row) and packed (the trainer's default: each micro-batch in one row,
+attention sequence by sequence, ``mcckd.training.varlen``), chunked loss; and, for comparison,
+Std-CoT with full logits on the 0.5B student.
 3 warm-up steps, then 10 timed ones. Gradient checkpointing is off unless a step runs out of
 memory, then on for that model from there (the table says which).
 
@@ -47,6 +48,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from mcckd.training.loss import IGNORE_INDEX, question_pairs
 from mcckd.training.step import Encoded, collate, step_losses
+from mcckd.training.varlen import use_varlen_attention
 
 VOCAB = 151_936
 SIZES = {
@@ -138,7 +140,7 @@ def run_model(size: str, vocab: int, seq: int, questions: int, warmup: int, time
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak_flops = next((v for k, v in PEAK_BF16.items() if k in name), float("nan"))
     configs = [("std_cot", 0.0, False, True), ("mcc_kd", ALPHA, False, True)]
-    configs += [("std_cot", 0.0, True, True), ("mcc_kd", ALPHA, True, True)]
+    configs += [("std_cot", 0.0, True, True), ("mcc_kd", ALPHA, True, True)]  # packed: one row, varlen attention
     if size in ("0.5B", "tiny"):
         configs.append(("std_cot", 0.0, False, False))  # full logits, for comparison
     results, checkpointing = [], False
@@ -154,8 +156,12 @@ def run_model(size: str, vocab: int, seq: int, questions: int, warmup: int, time
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
+            if packed:
+                use_varlen_attention(model)
+            else:
+                model.set_attn_implementation("sdpa")
             try:
-                out = train_steps(model, optimizer, data, alpha, 2 * seq if packed else None, chunked, device)
+                out = train_steps(model, optimizer, data, alpha, sys.maxsize if packed else None, chunked, device)
             except torch.OutOfMemoryError:
                 error = "out of memory"
             optimizer.zero_grad(set_to_none=True)

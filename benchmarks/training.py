@@ -33,6 +33,7 @@ from mcckd.training.config import TrainConfig
 from mcckd.training.data import Encoded, collate
 from mcckd.training.loop import forward_loss
 from mcckd.training.loss import answer_consistency, gather_span, question_pairs
+from mcckd.training.varlen import use_varlen_attention
 
 VOCAB, SPAN, BATCH, SEQ = 32_000, 8, 8, 256
 SHAPE = dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=4, intermediate_size=688)
@@ -60,6 +61,7 @@ def train_steps(alpha: float, steps: int) -> dict:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, max_position_embeddings=SEQ, **SHAPE))
+    use_varlen_attention(model)  # the trainer's default packing, as train_causal_lm sets it up
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     cfg, accelerator = TrainConfig(alpha=alpha), Accelerator(cpu=True)
     times = []
@@ -91,6 +93,7 @@ def gpu_throughput(steps: int = 10, seq: int = 1024, questions: int = 4) -> dict
         tie_word_embeddings=True,
     )
     model = Qwen2ForCausalLM(config).cuda()
+    use_varlen_attention(model)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     cfg, accelerator = TrainConfig(alpha=0.05, precision="bf16"), Accelerator()

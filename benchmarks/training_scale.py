@@ -15,10 +15,13 @@ checkpoints; each in a process of its own, so its peak RSS is its own:
 - ``trl``: TRL's ``SFTTrainer`` on the same questions as conversational prompt/completion rows
   (the chat template, loss on the completion only), ``--per-batch`` x 4 rows a step, padded: what
   a user would pick for Std-CoT;
-- ``std_cot``: the project's loop (``mcckd.training.loop.train_causal_lm``), packed rows of
-  ``--row`` tokens, chunked cross-entropy, batches grouped by length;
-- ``std_cot_padded``: the same, one rationale a row, batches grouped by length;
-- ``mcc_kd``: the project's loop, packed, alpha 0.05, every pair of a question's rationales;
+- ``std_cot``: the project's loop (``mcckd.training.loop.train_causal_lm``), chunked
+  cross-entropy, batches grouped by length, packed with variable-length attention (each step's
+  rationales in one row, attention sequence by sequence: ``packing="varlen"``);
+- ``std_cot_rows``: the same, packed into rows of ``--row`` tokens kept apart by a block-diagonal
+  mask (``packing=True``);
+- ``std_cot_padded``: the same, one rationale a row;
+- ``mcc_kd``: ``std_cot`` with alpha 0.05, every pair of a question's rationales;
 - ``std_cot_system_malloc``: ``std_cot`` under glibc's malloc instead of mimalloc.
 
 Every method but the last runs under the allocator the train stage runs under (mimalloc that keeps
@@ -52,7 +55,14 @@ from mcckd.runtime import allocator_env, allocator_in_use  # noqa: E402
 SVAMP = ROOT.parent / "shared" / "data" / "mcckd" / "SVAMP" / "train.json"
 STUDENT = "SmolLM2-135M-Instruct"
 K = 4
-METHODS = ("bare", "trl", "std_cot", "std_cot_padded", "mcc_kd", "std_cot_system_malloc")
+METHODS = ("bare", "trl", "std_cot", "std_cot_rows", "std_cot_padded", "mcc_kd", "std_cot_system_malloc")
+# The project loop's methods: (alpha, packing).
+LOOPS = {
+    "std_cot": (0.0, "varlen"),
+    "std_cot_rows": (0.0, True),
+    "std_cot_padded": (0.0, False),
+    "mcc_kd": (0.05, "varlen"),
+}
 
 
 def trainset(work: Path, questions: int) -> Path:
@@ -124,7 +134,7 @@ def run_bare(args, base, groups) -> list[tuple[int, float]]:
     return steps
 
 
-def run_loop(args, base, tokenizer, groups, alpha: float, packing: bool) -> list[tuple[int, float]]:
+def run_loop(args, base, tokenizer, groups, alpha: float, packing: bool | str) -> list[tuple[int, float]]:
     """(tokens, seconds) per step of the project's own training loop."""
     from mcckd.stages.train import pad_id
     from mcckd.training.config import TrainConfig
@@ -223,8 +233,7 @@ def child(args) -> None:
     elif args.child == "trl":
         steps = run_trl(args, base, tokenizer, rows)
     else:
-        alpha = 0.05 if args.child == "mcc_kd" else 0.0
-        steps = run_loop(args, base, tokenizer, groups, alpha, packing=args.child != "std_cot_padded")
+        steps = run_loop(args, base, tokenizer, groups, *LOOPS[args.child])
     timed = steps[1:]
     tokens, seconds = sum(n for n, _ in timed), sum(s for _, s in timed)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -55,6 +55,8 @@ class DemoSettings(BaseModel):
     cot_styles: list[tuple[str, str]] = Field([("plain", "2")], description="(CoT format, granularity) prompts")
     num_samples: int = Field(4, description="rationales per question and CoT style")
     temperature: float = 0.8
+    # The demo teacher keeps one core busy: two engines, one core each, sample twice as fast.
+    sample_engines: int = Field(2, ge=1, description="teacher engines side by side (each gets cores / this)")
     k: int = 2  # walked rationales are long: two a question keep a cold demo near 15 minutes (docs/demo_world.md)
     epochs: int = 5
     alpha: float = 0.05
@@ -64,6 +66,7 @@ class DemoSettings(BaseModel):
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each student method")
     eval_samples: int = Field(1, ge=1, description="1 = greedy evaluation; n > 1 = self-consistency over n")
     parallel_trains: int = Field(2, ge=1, description="student trainings at once (each gets cores / this)")
+    parallel_evals: int = Field(2, ge=1, description="evaluations at once (each gets cores / this)")
 
 
 @task(name="demo-questions")
@@ -111,12 +114,14 @@ def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir
             num_samples=settings.num_samples,
             sampling=Sampling(temperature=settings.temperature),
             seed=settings.data_seed,
+            engines=settings.sample_engines,
         ),
         select=SelectSettings(k=settings.k),
         decontaminate=WHOLE_QUESTIONS,
         students=demo_methods(loop, settings.alpha, settings.seeds),
         student_eval=StudentEval(samples=settings.eval_samples, vllm=SMALL_ENGINE),
         parallel_trains=settings.parallel_trains,
+        parallel_evals=settings.parallel_evals,
     )
 
 
@@ -132,12 +137,14 @@ class DemoSweep(BaseModel):
     granularities: list[str] = ["1", "2"]
     extra_cells: list[tuple[str, str]] = Field([], description="(format, granularity) cells beyond the grid")
     num_samples: int = 3
+    sample_engines: int = 2
     k: int = 2
     epochs: int = 12
     alpha: float = 0.05
     learning_rate: float = 2e-3
     seeds: list[int] = [0, 1]
     parallel_trains: int = 2
+    parallel_evals: int = 2
     budget: int | None = None
 
 
@@ -163,11 +170,13 @@ def demo_sweep_config(
         num_samples=settings.num_samples,
         sampling=Sampling(temperature=0.8),
         seed=settings.data_seed,
+        sample_engines=settings.sample_engines,
         select=SelectSettings(k=settings.k),
         decontaminate=WHOLE_QUESTIONS,
         methods=demo_methods(loop, settings.alpha, settings.seeds),
         student_eval=StudentEval(vllm=SMALL_ENGINE),
         parallel_trains=settings.parallel_trains,
+        parallel_evals=settings.parallel_evals,
         budget=settings.budget,
     )
 

@@ -96,8 +96,14 @@ class RunConfig(BaseModel):
     parallel_trains: int = Field(
         1,
         ge=1,
-        description="train stages run at once; on a CPU each gets cores / parallel_trains threads "
+        description="train stages run at once, each pinned to cores / parallel_trains cores "
         "(two 1-thread runs beat two 2-thread runs in turn on 2 cores)",
+    )
+    parallel_evals: int = Field(
+        1,
+        ge=1,
+        description="evaluate stages run at once, each pinned to cores / parallel_evals cores (a small model's "
+        "vLLM engine keeps one core busy: two side by side take the time of one)",
     )
     stage_deployments: StageDeployments | None = Field(
         None,
@@ -282,30 +288,32 @@ def train_inputs(settings: TrainSettings, trainset: Ref) -> tuple[dict[str, Ref]
     return {"trainset": trainset}, {"base_model": model_fingerprint(settings.base_model)}
 
 
-def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labels: dict[K, str]) -> dict[K, Ref]:
-    """Train every job (settings, trainset), ``config.parallel_trains`` at a time; one console line each.
+def run_side_by_side(config: RunConfig, jobs: dict[K, tuple], labels: dict[K, str], at_once: int) -> dict[K, Ref]:
+    """Run stage calls (``stage_call``'s (call, kwargs, ref)) ``at_once`` at a time; one console line each.
 
-    Stored trainings come back at once; the rest run in batches, each child on its share of the
+    Stored ones come back at once; the rest run in batches, each child pinned to its share of the
     cores (a cached run in a batch would leave its share idle).
     """
-    calls, refs = {}, {}
-    for key, (settings, trainset) in jobs.items():
-        call, kwargs, refs[key] = stage_call(config, "train", settings, *train_inputs(settings, trainset))
-        calls[key] = (call, kwargs)
-    stored = [key for key, (_, kwargs) in calls.items() if is_complete(Path(kwargs["out_dir"]))]
-    to_train = [key for key in calls if key not in stored]
-    batches = [
-        stored,
-        *(to_train[i : i + config.parallel_trains] for i in range(0, len(to_train), config.parallel_trains)),
-    ]
-    threads = max(1, (os.cpu_count() or 1) // config.parallel_trains)
+    stored = [key for key, (_, kwargs, _) in jobs.items() if is_complete(Path(kwargs["out_dir"]))]
+    to_run = [key for key in jobs if key not in stored]
+    batches = [stored, *(to_run[i : i + at_once] for i in range(0, len(to_run), at_once))]
+    threads = max(1, (os.cpu_count() or 1) // at_once)
     for batch in batches:
-        futures = {key: calls[key][0].submit(**calls[key][1], threads=threads) for key in batch}
+        futures = {key: jobs[key][0].submit(**jobs[key][1], threads=threads) for key in batch}
         wait(list(futures.values()))
         for key, future in futures.items():
             future.result()  # raises the stage's failure
-            say(labels[key], refs[key].path, future.state)
-    return refs
+            say(labels[key], jobs[key][2].path, future.state)
+    return {key: ref for key, (_, _, ref) in jobs.items()}
+
+
+def train_runs(config: RunConfig, jobs: dict[K, tuple[TrainSettings, Ref]], labels: dict[K, str]) -> dict[K, Ref]:
+    """Train every job (settings, trainset), ``config.parallel_trains`` at a time."""
+    calls = {
+        key: stage_call(config, "train", settings, *train_inputs(settings, trainset))
+        for key, (settings, trainset) in jobs.items()
+    }
+    return run_side_by_side(config, calls, labels, config.parallel_trains)
 
 
 # model -> seed -> (folder, fingerprint, how it is asked: EvaluateSettings' template and chat fields)
@@ -346,17 +354,19 @@ def evaluate_settings(config: RunConfig, model_dir: Path, run_name: str, asked: 
 
 
 def evaluate_runs(config: RunConfig, models: ModelRuns) -> report.EvalDirs:
-    """Evaluate every (model, seed) on every test set of ``config``; one console line each."""
+    """Evaluate every (model, seed) on every test set of ``config``, ``config.parallel_evals`` at a time."""
     tests = test_refs(config)
-    evals: report.EvalDirs = {}
+    calls, labels = {}, {}
     for name, runs in models.items():
-        evals[name] = {}
         for seed, (model_dir, model_fp, asked) in runs.items():
             run_name = name if seed is None else f"{name}-seed{seed}"
             settings = evaluate_settings(config, model_dir, run_name, asked)
-            evals[name][seed] = run_stage(
-                config, "evaluate", settings, tests, {"model": model_fp}, label=f"evaluate {run_name}"
-            ).path
+            calls[name, seed] = stage_call(config, "evaluate", settings, tests, {"model": model_fp})
+            labels[name, seed] = f"evaluate {run_name}"
+    refs = run_side_by_side(config, calls, labels, config.parallel_evals)
+    evals: report.EvalDirs = {name: {} for name in models}
+    for (name, seed), ref in refs.items():
+        evals[name][seed] = ref.path
     return evals
 
 

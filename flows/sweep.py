@@ -73,6 +73,9 @@ class SweepConfig(RunConfig):
     num_samples: int = Field(4, ge=1, description="rationales per question in each sampled cell")
     sampling: Sampling = Field(Sampling(), description="temperature, top_p, max_tokens of the teachers")
     seed: int = Field(0, description="the teachers' sampling seed")
+    sample_engines: int = Field(
+        1, ge=1, description="local vLLM teachers on a CPU: engines side by side (SampleSettings.engines)"
+    )
     recorded: list[RecordedCell] = Field([], description="cells imported from files")
     methods: dict[str, StudentMethod] = Field(
         {}, description="name -> method and seeds (Std-CoT: alpha 0; MCC-KD: alpha > 0); none = data statistics only"
@@ -125,6 +128,7 @@ def source_stage(
         num_samples=config.num_samples,
         sampling=config.sampling,
         seed=config.seed,
+        engines=config.sample_engines,
     )
     inputs = {"questions": file_ref(config.train_questions)}
     return "sample", settings, inputs, {f"teacher:{source.name}": identities[source.name]}

@@ -14,6 +14,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
@@ -99,15 +101,18 @@ def run_here(
     # (killed, crashed) would leave them holding their memory. The group goes when the stage ends.
     # Its output (library warnings, its own bars) goes to the stage's log file; the console gets a
     # progress bar from the child's progress.json and, from the flow, one line per stage.
+    # With ``threads``, the child is pinned to that many cores of its own (CORES) where they are free.
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     log_path = stage_log(Path(out_dir))
     log_path.parent.mkdir(parents=True, exist_ok=True)  # the first stage of its kind in this store
     progress = work_dir_for(Path(out_dir)) / "progress.json"
     artifact, bar = None, None
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, CORES.take(threads or 0) as cores:
         child = subprocess.Popen(
             stage_command(stage, settings, inputs, out_dir), start_new_session=True, env=env, stdout=log, stderr=log
         )
+        if cores:  # the child has just exec'd: one thread, whose later threads inherit the mask
+            os.sched_setaffinity(child.pid, cores)
         try:
             while True:
                 try:
@@ -134,6 +139,35 @@ def run_here(
             f"{tail[0] if tail else 'no output'} (log: {log_path})"
         )
     return out_dir
+
+
+class CorePool:
+    """This process's cores, handed out to stage children that run at the same time (trainings,
+    evaluations side by side), so that each runs on cores of its own.
+
+    A child with ``threads`` cores and no core pinning is not enough: vLLM's CPU backend binds its
+    threads to every core the process may use, so two engines side by side would share both.
+    Pinned, two one-core evaluations of the demo world run in the time of one on two cores.
+    """
+
+    def __init__(self) -> None:
+        self._free = sorted(os.sched_getaffinity(0))
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def take(self, n: int) -> Iterator[list[int]]:
+        """``n`` free cores while the block runs; none (no pinning) if fewer than ``n`` are free."""
+        with self._lock:
+            cores = self._free[:n] if len(self._free) >= n else []
+            self._free = [c for c in self._free if c not in cores]
+        try:
+            yield cores
+        finally:
+            with self._lock:
+                self._free = sorted(self._free + cores)
+
+
+CORES = CorePool()
 
 
 def stage_log(out_dir: Path) -> Path:

@@ -1,18 +1,23 @@
-"""Packed rows (several rationales a row, block-diagonal attention from position_ids) train exactly as
-padded rows: same per-sequence losses and same gradients, for Std-CoT and for MCC-KD's span term, on
-a real (tiny, random) LlamaForCausalLM under transformers' sdpa and eager attention."""
+"""Packed rows train exactly as padded rows: same per-sequence losses and same gradients, for Std-CoT
+and for MCC-KD's span term, on a real (tiny, random) LlamaForCausalLM, both with rows kept apart by
+a block-diagonal mask from position_ids (transformers' sdpa and eager attention) and with the whole
+batch in one row split sequence by sequence (mcckd.training.varlen)."""
 
 from __future__ import annotations
 
 import random
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from mcckd.training.config import TrainConfig
+from mcckd.training.loop import train_causal_lm
 from mcckd.training.loss import IGNORE_INDEX, question_pairs
 from mcckd.training.step import Encoded, collate, model_inputs, pack_rows, step_losses
+from mcckd.training.varlen import VARLEN_ATTENTION, use_varlen_attention
 
 VOCAB = 97
 
@@ -37,6 +42,10 @@ def rationales(questions: int = 3, k: int = 3, seed: int = 0) -> list[list[Encod
 
 
 def tiny_llama(attention: str) -> LlamaForCausalLM:
+    if attention == VARLEN_ATTENTION:
+        model = tiny_llama("sdpa")
+        use_varlen_attention(model)
+        return model
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -82,13 +91,15 @@ def test_collate_packs_rationales_into_rows_and_keeps_them_apart():
     assert (t["labels"][padding] == IGNORE_INDEX).all()
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize(("attention", "pack_length"), [("sdpa", 48), ("eager", 48), (VARLEN_ATTENTION, sys.maxsize)])
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_packed_batch_trains_as_the_padded_batch(attention: str, alpha: float):
+def test_packed_batch_trains_as_the_padded_batch(attention: str, pack_length: int, alpha: float):
     model = tiny_llama(attention)
     batch = rationales()
-    padded, packed = collate(batch, 0), collate(batch, 0, pack_length=48)
+    padded, packed = collate(batch, 0), collate(batch, 0, pack_length=pack_length)
     assert packed["input_ids"].numel() < padded["input_ids"].numel()
+    if attention == VARLEN_ATTENTION:  # one row, no padding at all
+        assert packed["input_ids"].shape == (1, sum(len(e.input_ids) for group in batch for e in group))
     want, want_grads = losses_and_grads(model, padded, alpha)
     got, got_grads = losses_and_grads(model, packed, alpha)
     assert torch.allclose(got.per_sequence, want.per_sequence, atol=1e-5)
@@ -99,10 +110,10 @@ def test_packed_batch_trains_as_the_padded_batch(attention: str, alpha: float):
         assert torch.allclose(got_grads[name], grad, atol=1e-5), name
 
 
-@pytest.mark.parametrize("pack_length", [None, 48])
-def test_chunked_step_equals_the_dense_step(pack_length: int | None):
+@pytest.mark.parametrize(("attention", "pack_length"), [("sdpa", None), ("sdpa", 48), (VARLEN_ATTENTION, sys.maxsize)])
+def test_chunked_step_equals_the_dense_step(attention: str, pack_length: int | None):
     """The trainer's default (hidden states, chunked cross-entropy) against full logits."""
-    model = tiny_llama("sdpa")
+    model = tiny_llama(attention)
     t = collate(rationales(seed=1), 0, pack_length)
     want, want_grads = losses_and_grads(model, t, 0.5, chunked=False)
     got, got_grads = losses_and_grads(model, t, 0.5, chunked=True)
@@ -119,3 +130,23 @@ def test_packing_refuses_an_attention_that_ignores_position_ids():
         model_inputs(flash, t)
     one_row = collate(rationales(), 0, pack_length=10_000)
     assert one_row["input_ids"].size(0) == 1 and "position_ids" in model_inputs(flash, one_row)
+
+
+def test_varlen_attention_refuses_more_than_one_row():
+    """Split at position-id restarts, several rows would need one boundary list each; one row only."""
+    model = tiny_llama(VARLEN_ATTENTION)
+    with pytest.raises(ValueError, match="into one row, got 3 rows"):
+        model_inputs(model, collate(rationales(), 0, pack_length=48))
+
+
+def test_the_loop_trains_varlen_as_padded_and_returns_the_models_own_attention(tmp_path):
+    """Through ``train_causal_lm``: the same losses step by step as padded batches, and the model
+    comes back with the attention it was loaded with (what gets saved and evaluated)."""
+    groups = rationales(questions=4, k=2, seed=2)
+    logs = {}
+    for packing in (False, "varlen"):
+        cfg = TrainConfig(epochs=2, questions_per_batch=2, learning_rate=1e-2, packing=packing, checkpoint_every=0)
+        result = train_causal_lm(tiny_llama("sdpa"), 0, groups, cfg, tmp_path / str(packing))
+        assert result.model.config._attn_implementation == "sdpa"
+        logs[packing] = torch.tensor([row["loss"] for row in result.log])
+    assert len(logs[False]) == 4 and torch.allclose(logs["varlen"], logs[False], atol=1e-4)

@@ -38,3 +38,16 @@ def test_the_train_command_reexecutes_itself_under_mimalloc(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "LD_PRELOAD": ""})
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert "stage train starts (allocator: mimalloc)" in (tmp_path / "out.log").read_text()
+
+
+def test_stages_side_by_side_get_cores_of_their_own():
+    """tasks.stages.CorePool: disjoint cores while held, none (no pinning) when too few are free."""
+    from tasks.stages import CorePool
+
+    pool, n = CorePool(), len(os.sched_getaffinity(0))
+    with pool.take(1) as first, pool.take(n - 1) as rest:
+        assert len(first) == 1 and len(rest) == n - 1 and not set(first) & set(rest)
+        with pool.take(1) as none_left:
+            assert none_left == []
+    with pool.take(n) as everything:
+        assert sorted(everything) == sorted(os.sched_getaffinity(0))

@@ -67,7 +67,9 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     before = {p.name: p.read_bytes() for p in shard_dir.glob("*.parquet")}
     assert 5 <= len(before) < 30 and not (out / "manifest.json").exists()
 
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    # Resumed with two engines side by side, one core each: same rows, every sample exactly once.
+    two = settings.model_copy(update={"engines": 2}).model_dump_json()
+    done = subprocess.run([*cmd[:7], two, *cmd[8:]], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["shards_resumed"] == len(before) and summary["shards"] == 30
@@ -75,6 +77,17 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     assert len(rows) == 240
     assert len({(r["question_id"], r["sample_index"]) for r in rows}) == 240
     assert {r["question_id"] for r in rows} == {f"q{i}" for i in range(120)}
+
+
+def test_a_failing_engine_stops_the_stage_with_its_name(tmp_path):
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text("{not json")
+    broken = TeacherSpec(name="teacher", model=str(model), vllm=SMALL_ENGINE)
+    settings = SampleSettings(teachers=[broken], num_samples=1, shard_size=2, engines=2)
+    with pytest.raises(RuntimeError, match=r"engine teacher-engine[01] exited with 1"):
+        execute("sample", settings, tmp_path / "out", {"questions": questions_file(tmp_path / "q.parquet", 4)})
+    assert not (tmp_path / "out").exists()
 
 
 def test_chat_template_wraps_the_prompt_for_instruct_models(demo_tokenizer):

@@ -216,7 +216,12 @@ def main() -> None:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(TOKENIZER_DIR))
     batch = 64
     cfg = TrainConfig(
-        epochs=1, questions_per_batch=batch, learning_rate=2e-3, warmup_ratio=0.03, precision=args.precision
+        epochs=1,
+        questions_per_batch=batch,
+        learning_rate=2e-3,
+        warmup_ratio=0.03,
+        precision=args.precision,
+        packing=False,  # the committed models were built from padded batches
     )
     if args.what == "teacher":
         cfg = cfg.model_copy(update={"max_length": TEACHER_MAX_LENGTH})

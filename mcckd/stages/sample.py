@@ -14,6 +14,8 @@ Seeds are per question (vLLM) or per sample (HTTP), so a resumed run writes the 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,13 @@ class SampleSettings(BaseModel):
     seed: int = 0
     shard_size: int = 64  # questions per shard: the unit written to disk, and the most a kill loses
     max_questions: int | None = Field(None, ge=1, description="only the file's first N questions (a quick run)")
+    engines: int = Field(
+        1,
+        ge=1,
+        description="local vLLM teachers on a CPU: engines side by side, each pinned to its share of the cores "
+        "and given every n-th shard; a small teacher keeps one core busy (the demo teacher: 2 engines on 2 cores "
+        "sample twice as fast as 1); a large one gains nothing",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> SampleSettings:
@@ -157,8 +166,12 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
             write_table(shards[index].rows(completions, settings.sampling), shards[index].path, SAMPLES)
             progress.shard_written(shards[index].teacher.name, time.perf_counter() - started)
 
-        requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in pending]
-        run_teacher(teacher, settings.sampling, requests, write_shard)
+        engines = min(settings.engines, len(pending), len(os.sched_getaffinity(0)))
+        if teacher.backend == "vllm" and engines > 1:
+            engines_side_by_side(engines, teacher, settings, [s for _, s in pending], progress, started)
+        else:
+            requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in pending]
+            run_teacher(teacher, settings.sampling, requests, write_shard)
     samples = pa.concat_tables([pq.read_table(s.path, schema=SAMPLES) for s in all_shards])
     check_exactly_once(samples, len(table) * len(settings.prompts) * len(settings.teachers) * settings.num_samples)
     write_table(samples, out_dir / "samples.parquet", SAMPLES)
@@ -174,6 +187,54 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
         "shards_resumed": found,
         "throughput": throughput,
     }
+
+
+def engine(cores: list[int], teacher: TeacherSpec, settings: SampleSettings, shards: list[ShardPlan]) -> None:
+    """One of several engines (a process of its own), pinned to ``cores``: writes each of its shards
+    as it completes, as the single-engine path does."""
+    os.sched_setaffinity(0, cores)  # before vLLM starts: it binds its threads to this process's cores
+
+    def write_shard(index: int, completions: list[list[Completion]]) -> None:
+        write_table(shards[index].rows(completions, settings.sampling), shards[index].path, SAMPLES)
+
+    requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in enumerate(shards)]
+    run_teacher(teacher, settings.sampling, requests, write_shard)
+
+
+def engines_side_by_side(
+    n: int, teacher: TeacherSpec, settings: SampleSettings, pending: list[ShardPlan], progress: Progress, started: float
+) -> None:
+    """``n`` engine processes, each on its share of the cores and every n-th pending shard; progress
+    counts the shards they write. One that fails stops the others and raises; shards already
+    written stay, so a rerun resumes."""
+    cores = sorted(os.sched_getaffinity(0))
+    shares = [cores[i * len(cores) // n : (i + 1) * len(cores) // n] for i in range(n)]
+    context = multiprocessing.get_context("spawn")  # vLLM and torch do not survive a fork
+    workers = [
+        context.Process(target=engine, args=(share, teacher, settings, pending[i::n]), name=f"{teacher.name}-engine{i}")
+        for i, share in enumerate(shares)
+    ]
+    for w in workers:
+        w.start()
+    seen: set[Path] = set()
+    try:
+        while True:
+            alive = [w for w in workers if w.is_alive()]
+            for shard in pending:
+                if shard.path not in seen and shard.path.is_file():
+                    seen.add(shard.path)
+                    progress.shard_written(teacher.name, time.perf_counter() - started)
+            failed = [w for w in workers if w.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"sample: engine {failed[0].name} exited with {failed[0].exitcode} (its log above)")
+            if not alive:
+                break
+            time.sleep(1)
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+            w.join()
 
 
 def check_exactly_once(samples: pa.Table, expected: int) -> None:

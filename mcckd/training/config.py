@@ -36,8 +36,11 @@ class TrainConfig(BaseModel):
     # Batches of questions of similar length (less padding; a question's K stay together). Off by default:
     # on the demo world it cost Std-CoT id 0.897 -> 0.468 (docs/training_at_scale.md), as each step saw one kind.
     group_by_length: bool = False
-    packing: bool = False  # several rationales a row (block-diagonal attention from position_ids), no padding
-    pack_length: int = 0  # tokens a packed row holds; 0 = max_length
+    # "varlen": the whole micro-batch in one row, attention sequence by sequence, no padding, no mask
+    # (mcckd.training.varlen; flash attention's own varlen kernels where the model uses them). True: rows of
+    # pack_length tokens kept apart by a block-diagonal mask from position_ids. False: one rationale a row, padded.
+    packing: bool | Literal["varlen"] = "varlen"
+    pack_length: int = 0  # tokens a packed row holds (packing=True); 0 = max_length
     lora: LoraSettings | None = None  # None = full fine-tuning
     dev_fraction: float = 0.0  # questions held out (by id hash) to pick the best checkpoint
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = at the end of each epoch

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from mcckd.training.config import LoraSettings, TrainConfig
 from mcckd.training.data import make_batches
 from mcckd.training.loss import LossParts, gather_span, question_pairs
 from mcckd.training.step import Encoded, collate, step_losses, step_scores
+from mcckd.training.varlen import use_varlen_attention
 
 
 @dataclass
@@ -80,7 +82,10 @@ def to_device(tensors: dict, device: torch.device) -> dict:
 
 
 def pack_length(cfg: TrainConfig) -> int | None:
-    """Tokens a packed row holds, or None for one padded sequence a row."""
+    """Tokens a packed row holds (unbounded: one row, for variable-length attention), or None for
+    one padded sequence a row."""
+    if cfg.packing == "varlen":
+        return sys.maxsize
     return (cfg.pack_length or cfg.max_length) if cfg.packing else None
 
 
@@ -166,6 +171,7 @@ def train_causal_lm(
     # Mixed precision is our own ``autocast``: accelerate keeps one state per process and would
     # silently reuse an earlier run's precision in the same process.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    attention = use_varlen_attention(model) if cfg.packing == "varlen" else None
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
@@ -237,6 +243,8 @@ def train_causal_lm(
     hashes = gather_object([weight_hash(final)])
     if cfg.lora is not None:
         final = final.merge_and_unload()
+    if attention is not None:
+        final.set_attn_implementation(attention)  # what the caller loaded, not this loop's packing
     best_step = state["best"]["step"] if state["best"] else None
     return TrainResult(final, state["log"], state["dev_log"], best_step, resumed_from, hashes)
 

@@ -23,10 +23,12 @@ from mcckd.training.loss import (
     sequence_cross_entropy,
     with_consistency,
 )
+from mcckd.training.varlen import VARLEN_ATTENTION, varlen_kwargs
 
 # Attention implementations whose masks come from transformers' masking_utils, which reads packed
-# sequences off position_ids (a restart = a new sequence) and builds a block-diagonal causal mask.
-PACKING_ATTENTION = ("sdpa", "eager", "flex_attention")
+# sequences off position_ids (a restart = a new sequence) and builds a block-diagonal causal mask;
+# and ours, which splits one packed row at the same restarts (mcckd.training.varlen).
+PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", VARLEN_ATTENTION)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def model_inputs(model, t: dict) -> dict:
             f"packing needs an attention whose mask follows position_ids ({', '.join(PACKING_ATTENTION)}; "
             f"flash attention only with one row), but the model uses {attention!r}"
         )
-    return {"input_ids": t["input_ids"], "position_ids": t["position_ids"], "use_cache": False}
+    varlen = varlen_kwargs(t["position_ids"]) if attention == VARLEN_ATTENTION else {}
+    return {"input_ids": t["input_ids"], "position_ids": t["position_ids"], "use_cache": False, **varlen}
 
 
 def final_hidden_states(model, t: dict) -> torch.Tensor:
