@@ -41,11 +41,11 @@ WHOLE_QUESTIONS = DecontaminateSettings(ngram=None)
 
 
 class DemoSettings(BaseModel):
-    """The demo's size: a cold demo took 15 min 28 s on 2 AVX-512 cores, 12 min 52 s on 2 AMX cores with
-    the training stage under mimalloc, longer on AVX2 (docs/demo_world.md: time)."""
+    """The demo's size: a cold demo took 8 min 37 s on 2 AMX cores (two sampling engines, packed training,
+    evaluations two at a time), longer on AVX2 (docs/demo_world.md: time)."""
 
-    # 2,400 questions for 5 epochs, not 600 for 20: the same ~720 steps, and Std-CoT id 0.86 +/- 0.02
-    # over three seeds instead of 0.5 (README: the demo world, distinct questions).
+    # 2,400 questions for 5 epochs, not 600 for 20: the same ~720 steps, and Std-CoT id 0.85-0.89 over
+    # three seeds instead of 0.5 (README: the demo world, distinct questions).
     train_questions: int = 2400
     test_questions: int = 400  # per split: at 200, per-question noise alone is a 0.03 sd at 0.7
     data_seed: int = 0  # draws the questions and the teacher's samples
