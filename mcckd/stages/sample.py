@@ -88,6 +88,9 @@ class ShardPlan:
             for q, p in zip(self.questions, self.prompts, strict=True)
         ]
 
+    def write(self, completions: list[list[Completion]], sampling: Sampling) -> None:
+        write_table(self.rows(completions, sampling), self.path, SAMPLES)
+
     def rows(self, completions: list[list[Completion]], sampling: Sampling) -> list[dict]:
         rows = []
         for q, prompt, samples in zip(self.questions, self.prompts, completions, strict=True):
@@ -163,7 +166,7 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
         started = time.perf_counter() - progress.seconds.get(teacher.name, 0.0)
 
         def write_shard(index: int, completions: list[list[Completion]], shards=shards, started=started) -> None:
-            write_table(shards[index].rows(completions, settings.sampling), shards[index].path, SAMPLES)
+            shards[index].write(completions, settings.sampling)
             progress.shard_written(shards[index].teacher.name, time.perf_counter() - started)
 
         engines = min(settings.engines, len(pending), len(os.sched_getaffinity(0)))
@@ -194,11 +197,10 @@ def engine(cores: list[int], teacher: TeacherSpec, settings: SampleSettings, sha
     as it completes, as the single-engine path does."""
     os.sched_setaffinity(0, cores)  # before vLLM starts: it binds its threads to this process's cores
 
-    def write_shard(index: int, completions: list[list[Completion]]) -> None:
-        write_table(shards[index].rows(completions, settings.sampling), shards[index].path, SAMPLES)
-
     requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in enumerate(shards)]
-    run_teacher(teacher, settings.sampling, requests, write_shard)
+    run_teacher(
+        teacher, settings.sampling, requests, lambda i, completions: shards[i].write(completions, settings.sampling)
+    )
 
 
 def engines_side_by_side(
