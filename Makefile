@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
 
-.PHONY: setup demo real real-sweep real-self ui test lint format assets
+.PHONY: setup demo real real-sweep real-self ui test test-fast lint format assets
 setup: $(STAMP)
 
 $(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
@@ -46,6 +46,10 @@ assets: setup
 
 test: lint assets
 	$(PY) -m pytest
+
+# The tests not marked slow: no vLLM, no server, no training run (a few minutes on 2 cores).
+test-fast: lint assets
+	$(PY) -m pytest -m "not slow"
 
 format: setup
 	$(VENV)/bin/ruff format .

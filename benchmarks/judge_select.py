@@ -24,6 +24,7 @@ import psutil
 
 from data_schemas import SAMPLES, write_table
 from mcckd.demo_world.problems import FORMATS, GRANULARITIES, generate_split, write_rationale
+from mcckd.stages import output
 
 
 def make_samples(path: Path, questions: int, per_question: int, seed: int = 0) -> int:
@@ -86,12 +87,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-judge-select-") as tmp:
         root = Path(tmp)
         t = time.perf_counter()
-        n = make_samples(root / "samples.parquet", args.questions, args.per_question)
+        n = make_samples(root / "generated.parquet", args.questions, args.per_question)
         print(f"generated {n} rationales in {time.perf_counter() - t:.1f} s (not timed below)")
         judge_s, judge_mb = run_stage(
-            ["judge", "--in", f"samples={root / 'samples.parquet'}", "--out", str(root / "j")]
+            ["judge", "--in", f"samples={root / 'generated.parquet'}", "--out", str(root / "j")]
         )
-        judged = root / "j" / "judged.parquet"
+        judged = output("judge", root / "j")
         results = {"judge": (judge_s, judge_mb)}
         for method in ("jaccard", "minhash"):
             settings = json.dumps({"k": 3, "similarity": method})

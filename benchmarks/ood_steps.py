@@ -50,6 +50,7 @@ from pathlib import Path
 
 from mcckd.demo_world.problems import ASIDES
 from mcckd.paths import PROJECT_ROOT
+from mcckd.stages import output
 
 OUT = PROJECT_ROOT / "runs" / "benchmarks" / "ood_steps"
 STEP = re.compile(r"\d+ [+-] (\d+) = \d+")
@@ -167,7 +168,7 @@ def run_layout(layout: str, seed: int) -> dict:
 
     out = run_dir(layout, seed)
     train, tests = layout_rows(layout, seed)
-    trainset = write_table(train, out / "train.parquet", TRAINSET)
+    trainset = write_table(train, out / "questions.parquet", TRAINSET)
     test_files = {split: write_table(rows, out / f"test_{split}.parquet", QUESTIONS) for split, rows in tests.items()}
     loop = TrainConfig(epochs=20, questions_per_batch=16, learning_rate=2e-3, dev_fraction=0.05, alpha=0.0, seed=seed)
     started = time.perf_counter()
@@ -176,7 +177,7 @@ def run_layout(layout: str, seed: int) -> dict:
     )
     train_s = time.perf_counter() - started
     settings = STAGES["evaluate"].settings(
-        model=out / "train" / "model", model_name=layout, vllm=VllmSettings(kv_cache_gib=0.5)
+        model=output("train", out / "train"), model_name=layout, vllm=VllmSettings(kv_cache_gib=0.5)
     )
     summary = execute("evaluate", settings, out / "evaluate", test_files)
     result = {
@@ -195,7 +196,7 @@ def four_step_rationales(run: Path) -> int:
     that has learnt to walk the events writes four however its arithmetic goes."""
     import pandas as pd
 
-    predictions = pd.read_parquet(run / "evaluate" / "predictions.parquet")
+    predictions = pd.read_parquet(output("evaluate", run / "evaluate", "predictions"))
     rationales = predictions.loc[predictions["split"] == "ood_steps", "generation"]
     return sum(len([m for m in STEP.finditer(text) if m.group(1) != "0"]) == 4 for text in rationales)
 

@@ -9,7 +9,7 @@ imported to the engine shut down (memory returned), with the results in hand:
 - bare: ``import vllm``, ``LLM(...)``, one ``LLM.generate`` call over every prompt (nothing
   written), engine shutdown;
 - stage: ``mcckd.stages.execute("sample", ...)``: read the questions, plan shards, drive the
-  engine, write every shard as it completes, check one row per sample, write ``samples.parquet``.
+  engine, write every shard as it completes, check one row per sample, write the samples.
 
 Prints both times and the samples/s, then ``overhead_ratio`` (stage / bare) as the last line.
 """

@@ -66,8 +66,8 @@ LOOPS = {
 
 
 def trainset(work: Path, questions: int) -> Path:
-    """``train.parquet`` of the first ``questions`` SVAMP questions with K correct, diverse rationales."""
-    from mcckd.stages import STAGES, execute
+    """The training set of the first ``questions`` SVAMP questions with K correct, diverse rationales."""
+    from mcckd.stages import STAGES, execute, output
 
     def stage(name: str, settings: dict, **inputs: Path) -> Path:
         out = work / name
@@ -76,10 +76,10 @@ def trainset(work: Path, questions: int) -> Path:
 
     # Enough questions that ``questions`` of them keep all K rationales (about 85% do).
     imported = stage("import", {"max_questions": questions * 2}, recorded=SVAMP)
-    judged = stage("judge", {}, samples=imported / "samples.parquet")
-    selected = stage("select", {"k": K}, judged=judged / "judged.parquet")
-    materialized = stage("materialize", {}, selected=selected / "selected.parquet")
-    return materialized / "train.parquet"
+    judged = stage("judge", {}, samples=output("import", imported))
+    selected = stage("select", {"k": K}, judged=output("judge", judged))
+    materialized = stage("materialize", {}, selected=output("select", selected))
+    return output("materialize", materialized)
 
 
 def encoded_groups(train_parquet: Path, questions: int, max_length: int):

@@ -1,6 +1,6 @@
 # Slim image: the Prefect server, the CPU worker and the cheap stages (judge, select, materialize).
 # No torch, no vLLM:  docker build -f containers/slim.Dockerfile -t mcckd-slim .
-#   docker run mcckd-slim python -m mcckd judge --in samples=/runs/x/samples.parquet --out /runs/judged
+#   docker run mcckd-slim python -m mcckd judge --in samples=/runs/import --out /runs/judged
 FROM python:3.11-slim
 WORKDIR /app
 COPY containers/requirements-slim.txt containers/

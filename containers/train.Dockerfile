@@ -1,6 +1,6 @@
 # PyTorch image: the train stage alone (no vLLM), e.g. as a job on a training cluster.
 #   docker build -f containers/train.Dockerfile -t mcckd-train .
-#   docker run --gpus all mcckd-train python -m mcckd train --settings t.json --in trainset=/runs/m/train.parquet --out /runs/t
+#   docker run --gpus all mcckd-train python -m mcckd train --settings t.json --in trainset=/runs/materialize --out /runs/t
 FROM pytorch/pytorch:2.7.1-cuda12.8-cudnn9-runtime
 WORKDIR /app
 COPY containers/requirements-slim.txt containers/requirements-train.txt containers/

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 QUESTIONS = pa.schema(
     [
@@ -229,3 +233,25 @@ def write_table(rows: list[dict] | pa.Table, path: Path, schema: pa.Schema) -> P
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
+
+
+def field_errors(error: ValidationError) -> list[str]:
+    """One line per problem of a pydantic ``ValidationError``, naming the field by its path:
+    ``field 'students.mcc_kd.train.loop.alpha': Input should be greater than or equal to 0``;
+    a check of the whole model (or unreadable JSON) gives its message alone."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(map(str, problem["loc"]))
+        message = " ".join(problem["msg"].split())
+        lines.append(f"field {field!r}: {message}" if field else message)
+    return lines
+
+
+def exit_invalid(prog: str, where: str, error: ValidationError) -> NoReturn:
+    """Print ``PROG: error: WHERE: field 'a.b': message`` on stderr, one line per problem, and exit
+    with status 2 (a usage error, as argparse's): what a command does with bad settings."""
+    import sys
+
+    for line in field_errors(error):
+        print(f"{prog}: error: {where}: {line}", file=sys.stderr)
+    sys.exit(2)

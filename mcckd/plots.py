@@ -1,18 +1,23 @@
 """PNG figures for the report, so accuracies, their uncertainty and training behaviour can be read at a glance.
 
-All functions take the run's metrics dict (or training logs), write one PNG and return its path. The Agg backend
-is chosen inside each function, so importing this module never touches a display or the caller's backend.
+All functions take the run's metrics dict (or training logs), write one PNG and return its matplotlib Figure (closed
+to pyplot, its axes and artists still readable: what the tests check the plotted data on). The Agg backend is chosen
+inside each function, so importing this module never touches a display or the caller's backend.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 # metrics.json keys that are not models (see mcckd.report.build_metrics).
-NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds"}
+NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds", "warnings"}
 _DPI = 110
 
 
@@ -26,12 +31,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Figure:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
     _pyplot().close(fig)
-    return path
+    return fig
 
 
 def model_names(metrics: dict) -> list[str]:
@@ -63,7 +68,7 @@ def _errors(metrics: dict, model: str, splits: list[str], centre: np.ndarray) ->
     return np.nan_to_num(np.clip(np.vstack([centre - low, high - centre]), 0, None))
 
 
-def plot_accuracy(metrics: dict, path: Path) -> Path:
+def plot_accuracy(metrics: dict, path: Path) -> Figure:
     """Grouped bars: one group per split, one bar per model, 95% CI error bars and per-seed dots."""
     plt = _pyplot()
     models, splits = model_names(metrics), test_set_names(metrics)
@@ -89,7 +94,9 @@ def plot_accuracy(metrics: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_training_curves(logs: dict[str, list[list[dict]]], path: Path, colours: dict[str, str] | None = None) -> Path:
+def plot_training_curves(
+    logs: dict[str, list[list[dict]]], path: Path, colours: dict[str, str] | None = None
+) -> Figure:
     """Cross-entropy and consistency loss per step: a thin line per seed, a thick line for the mean over seeds.
 
     ``colours`` (from :func:`model_colours`) keeps each method's colour from the accuracy figure.
@@ -132,7 +139,7 @@ def plot_training_curves(logs: dict[str, list[list[dict]]], path: Path, colours:
     return _save(fig, path)
 
 
-def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Path:
+def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Figure:
     """Teacher minus student accuracy per split, with each student's 95% CI shifted onto the gap."""
     plt = _pyplot()
     students = [m for m in model_names(metrics) if m != teacher]
@@ -166,7 +173,7 @@ def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Pat
 
 def plot_sweep_heatmaps(
     rows: list[dict], cells: list, test_set: str, path: Path, untrained: float | None = None
-) -> Path:
+) -> Figure:
     """Granularity x format accuracy of a CoT-factor sweep, one panel per (teacher, method); a cell
     not run is blank. ``rows`` are ``mcckd.sweep.results`` rows, ``cells`` its ``Cell`` objects,
     ``untrained`` the base student's accuracy (in the title). The colour scale runs from 0 to the

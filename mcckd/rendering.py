@@ -17,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from data_schemas import InputError
 from mcckd.prompts import load_prompt, render
+from mcckd.settings import Settings
 
 _PROBE = "Question text 7"
 _SENTINEL = "MCCKD-REPLY-SENTINEL"
@@ -30,7 +31,7 @@ class ChatTemplateError(InputError):
     """The model's chat template cannot render what the pipeline needs (a user turn, a reply)."""
 
 
-class ChatSettings(BaseModel):
+class ChatSettings(Settings):
     """How questions are put to a model with a chat template; part of the train and evaluate fingerprints."""
 
     use: Literal["auto", "always", "never"] = Field(

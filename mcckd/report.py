@@ -13,6 +13,7 @@ import json
 import re
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import pyarrow.parquet as pq
 from mcckd import plots, stats
 from mcckd.decontaminate import gram_name
 from mcckd.environment import describe
+from mcckd.stages import output
+from mcckd.stages.spec import LEDGER
 from mcckd.store import read_manifest
 
 PLOTS = ("accuracy.png", "training_curves.png", "teacher_gap.png")
@@ -58,7 +61,7 @@ def stage_line(label: str, out_dir: Path, cached: bool) -> str:
 
 
 def verdict_counts(judge_dir: Path) -> dict[str, int]:
-    return dict(Counter(pq.read_table(judge_dir / "judged.parquet", columns=["verdict"]).column(0).to_pylist()))
+    return dict(Counter(pq.read_table(output("judge", judge_dir, "judged"), columns=["verdict"]).column(0).to_pylist()))
 
 
 def verdict_examples(judge_dir: Path, per_verdict: int = 2, width: int = 300) -> list[dict]:
@@ -66,7 +69,7 @@ def verdict_examples(judge_dir: Path, per_verdict: int = 2, width: int = 300) ->
     columns = ["verdict", "question", "answer", "predicted_answer", "rationale"]
     counts: Counter = Counter()
     examples = []
-    for row in pq.read_table(judge_dir / "judged.parquet", columns=columns).to_pylist():
+    for row in pq.read_table(output("judge", judge_dir, "judged"), columns=columns).to_pylist():
         if counts[row["verdict"]] < per_verdict:
             counts[row["verdict"]] += 1
             text = row["rationale"] if len(row["rationale"]) <= width else row["rationale"][:width] + "…"
@@ -85,7 +88,7 @@ def verdict_examples(judge_dir: Path, per_verdict: int = 2, width: int = 300) ->
 def rejection_counts(*stage_dirs: Path) -> dict[str, int]:
     counts: Counter = Counter()
     for d in stage_dirs:
-        for row in pq.read_table(d / "rejections.parquet", columns=["stage", "reason"]).to_pylist():
+        for row in pq.read_table(d / LEDGER.file, columns=["stage", "reason"]).to_pylist():
             counts[f"{row['stage']}: {row['reason']}"] += 1
     return dict(counts)
 
@@ -125,9 +128,43 @@ def contamination_lines(decontaminate_dir: Path, label: str = "decontaminate") -
     ]
 
 
+def training_set_warnings(trainset_dir: Path, consistency_methods: list[str], min_rationales: int) -> list[str]:
+    """One plain-English line per reason the students' figures will not mean much, read from the
+    materialize stage's summary before any training: fewer than ``min_rationales`` rationales, and,
+    for the methods in ``consistency_methods`` (alpha > 0), no question with two rationales to
+    compare. Empty when the training set is fine."""
+    s = stage_summary(trainset_dir)
+    rationales, questions = s["rationales"], s["questions"]
+    warnings = []
+    if rationales < min_rationales:
+        warnings.append(
+            f"the training set has {_count(rationales, 'rationale')} of {_count(questions, 'question')}, fewer "
+            f"than min_rationales={min_rationales}: the students' figures will not mean much; give the teachers "
+            "more questions or samples per question, a stronger teacher, or rationales you already have "
+            "(recorded), and see the judge, select and decontaminate lines for where rationales were lost"
+        )
+    # Every question in the training set has at least one rationale: more rationales than questions
+    # if and only if some question has two or more.
+    if consistency_methods and rationales <= questions:
+        names = ", ".join(consistency_methods)
+        they = "it trains" if len(consistency_methods) == 1 else "they train"
+        warnings.append(
+            f"{names}: no question in the training set has two rationales, so MCC-KD's consistency term is "
+            f"zero and {they} as Std-CoT; keep two or more correct rationales a question (select k >= 2, "
+            "enough samples per question)"
+        )
+    return warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def correctness(eval_dir: Path) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
     """Per test set: question ids in file order, whether each was answered correctly, and answered at all."""
-    table = pq.read_table(eval_dir / "predictions.parquet", columns=["split", "question_id", "correct", "answered"])
+    table = pq.read_table(
+        output("evaluate", eval_dir, "predictions"), columns=["split", "question_id", "correct", "answered"]
+    )
     out: dict[str, tuple[list, list, list]] = {}
     for row in table.to_pylist():
         ids, ok, answered = out.setdefault(row["split"], ([], [], []))
@@ -325,13 +362,15 @@ def contamination_text(decontaminate_dir: Path) -> str:
     return (
         f"Training questions sharing a {gram_name(s['ngram'])} with a test question were removed: "
         + "; ".join(found)
-        + " (every pair in the decontaminate stage's `overlaps.parquet`)."
+        + f" (every pair in the decontaminate stage's `{output('decontaminate', Path(), 'overlaps')}`)."
     )
 
 
 def sample_rationales(select_dir: Path, limit: int = 2) -> str:
     """A few selected rationales of one question each, to see what the student learns from."""
-    rows = pq.read_table(select_dir / "selected.parquet", columns=["question_id", "question", "rationale"]).to_pylist()
+    rows = pq.read_table(
+        output("select", select_dir, "selected"), columns=["question_id", "question", "rationale"]
+    ).to_pylist()
     out, seen = [], []
     for r in rows:
         if r["question_id"] not in seen:
@@ -361,7 +400,7 @@ def inline_images(markdown: str, folder: Path) -> str:
 
 def write_plots(report_dir: Path, metrics: dict, train_dirs: dict[str, dict[int, Path]]) -> None:
     logs = {
-        name: [pq.read_table(d / "train_log.parquet").to_pylist() for _, d in sorted(runs.items())]
+        name: [pq.read_table(output("train", d, "train_log")).to_pylist() for _, d in sorted(runs.items())]
         for name, runs in train_dirs.items()
     }
     plots.plot_accuracy(metrics, report_dir / "accuracy.png")
@@ -376,8 +415,11 @@ def write_report(
     stage_dirs: dict[str, Path],
     train_dirs: dict[str, dict[int, Path]],
     evals: EvalDirs,
+    *,
+    warnings: Sequence[str] = (),
 ) -> Path:
-    """metrics.json, environment.json, the plots and report.md, in ``report_dir``."""
+    """metrics.json, environment.json, the plots and report.md, in ``report_dir``; ``warnings``
+    (e.g. :func:`training_set_warnings`) open report.md in a section of their own."""
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     environment = describe()
@@ -403,9 +445,9 @@ def write_report(
     contamination = f"\n{contamination_text(stage_dirs['decontaminate'])}\n" if "decontaminate" in stage_dirs else ""
     packages = ", ".join(f"{k} {v}" for k, v in environment["packages"].items())
     cpu = environment["cpu"]
-    text = f"""# Distillation report
-
-## Accuracy ({how}; an unanswered question counts as wrong)
+    warned = "".join(f"- {line}\n" for line in warnings)
+    text = "# Distillation report\n\n" + (f"## Warnings\n\n{warned}\n" if warned else "")
+    text += f"""## Accuracy ({how}; an unanswered question counts as wrong)
 
 Mean over training seeds (± standard deviation over seeds) [95% interval: Wilson for a single run,
 bootstrap over seeds and questions for several].

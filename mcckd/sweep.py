@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mcckd import report, stats
+from mcckd.stages import output
 from mcckd.store import read_manifest
 
 
@@ -61,7 +62,7 @@ def data_statistics(data: CellData, tokenizer) -> dict:
     the teacher's accuracy on the questions, and what the rationales cost to generate."""
     source, judged = read_manifest(data.source)["summary"], report.stage_summary(data.judge)
     selected, trainset = report.stage_summary(data.select), report.stage_summary(data.trainset)
-    rows = pq.read_table(data.trainset / "train.parquet", columns=["rationales"]).column(0).to_pylist()
+    rows = pq.read_table(output("materialize", data.trainset), columns=["rationales"]).column(0).to_pylist()
     texts = [t for group in rows for t in group]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
     verdicts = teacher_verdicts(data.judge)
@@ -93,7 +94,9 @@ def teacher_verdicts(judge_dir: Path) -> list[tuple[str, str]]:
     """(question, verdict) of every sample, a duplicate taking the verdict of the rationale it repeats:
     the judge sets repeats aside before reading them, but the teacher did write them (terse styles
     repeat themselves most), so leaving them out would skew the teacher's accuracy."""
-    rows = pq.read_table(judge_dir / "judged.parquet", columns=["question_id", "rationale", "verdict"]).to_pylist()
+    rows = pq.read_table(
+        output("judge", judge_dir, "judged"), columns=["question_id", "rationale", "verdict"]
+    ).to_pylist()
     first = {}
     for r in rows:
         if r["verdict"] != "duplicate":
@@ -196,6 +199,14 @@ def recommendation(best: list[dict], rank_on: str) -> list[str]:
 
 def heatmap_file(test_set: str) -> str:
     return f"heatmap_{test_set}.png"
+
+
+def console_summary(summary: dict) -> str:
+    """What a sweep prints when it ends: the data per cell, the students, the best cells, the advice."""
+    parts = [data_table(summary["data"])]
+    if summary["results"]:
+        parts += [accuracy_table(summary["results"], summary["test_sets"]), best_table(summary["best"])]
+    return "\n\n".join(["", *parts, "\n".join(summary["recommendation"] + summary["left_out"])])
 
 
 def data_table(stats_rows: list[dict]) -> str:

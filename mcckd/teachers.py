@@ -18,46 +18,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from mcckd.generation import VllmSettings, open_llm
 from mcckd.models import model_fingerprint, resolve_model
 from mcckd.rendering import ChatSettings, Renderer, chat_messages
-from mcckd.store import fingerprint
+from mcckd.settings import Settings
+from mcckd.store import fingerprint, stage_lock
 
 log = logging.getLogger(__name__)
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(Settings):
     """How hard to push an OpenAI-compatible server, and how long to keep trying."""
 
-    max_in_flight: int = 32  # concurrent requests
-    timeout_s: float = 120.0  # per request
-    max_retries: int = 6  # after the first attempt, on 429, 5xx, timeouts and broken connections
-    backoff_base_s: float = 0.5  # delay before retry r is uniform in [0, min(max, base * 2**r)]
-    backoff_max_s: float = 30.0
+    max_in_flight: int = Field(32, ge=1, description="concurrent requests")
+    timeout_s: float = Field(120.0, gt=0, description="seconds per request")
+    max_retries: int = Field(
+        6, ge=0, description="after the first attempt, on 429, 5xx, timeouts and broken connections"
+    )
+    backoff_base_s: float = Field(
+        0.5, ge=0, description="delay before retry r is uniform in [0, min(max, base * 2**r)]"
+    )
+    backoff_max_s: float = Field(30.0, ge=0, description="the longest delay before a retry")
 
 
-class TeacherSpec(BaseModel):
+class TeacherSpec(Settings):
     """One teacher. ``model`` is a model source (vllm: a folder, GGUF file or named source; see
     :mod:`mcckd.models`) or the served model name (http)."""
 
-    name: str
-    backend: Literal["vllm", "http"] = "vllm"
-    model: str
-    base_url: str | None = None  # http: e.g. http://127.0.0.1:8000/v1
-    api_key_env: str | None = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
-    revision: str | None = None  # http: the model's version, part of its identity (no weights to hash)
-    chat: bool = False  # instruct models: wrap the prompt in the model's chat template
-    vllm: VllmSettings = VllmSettings()
-    http: HttpSettings = HttpSettings()
+    name: str = Field(description="the teacher's name in the samples and the report")
+    backend: Literal["vllm", "http"] = Field(
+        "vllm", description="vllm: a local engine; http: an OpenAI-compatible server"
+    )
+    model: str = Field(description="vllm: a folder, GGUF file or named source; http: the served model name")
+    base_url: str | None = Field(None, description="http: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="http: the variable holding the key (never logged)")
+    revision: str | None = Field(
+        None, description="http: the model's version, part of its identity (no weights to hash)"
+    )
+    chat: bool = Field(False, description="instruct models: wrap the prompt in the model's chat template")
+    vllm: VllmSettings = Field(VllmSettings(), description="the local engine (backend vllm)")
+    http: HttpSettings = Field(HttpSettings(), description="how the server is asked (backend http)")
 
 
-class Sampling(BaseModel):
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_tokens: int = 192
+class Sampling(Settings):
+    """The teachers' decoding (also recorded in every sample row)."""
+
+    temperature: float = Field(0.8, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: the smallest set of tokens with this mass")
+    max_tokens: int = Field(192, ge=1, description="longest rationale generated; a longer one is cut (truncated)")
 
 
 @dataclass(frozen=True)
@@ -127,12 +138,14 @@ def read_distilled(store: Path) -> dict[str, str]:
 
 
 def record_distilled(store: Path, identities: dict[str, str]) -> None:
-    """Note these teachers as distilled (the others keep their entries); written atomically."""
+    """Note these teachers as distilled (the others keep their entries); written atomically, and
+    under the record's lock, so runs finishing together on one store both keep their entries."""
     path = distilled_record(store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(read_distilled(store) | identities, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    with stage_lock(path):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(read_distilled(store) | identities, indent=2, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def sample_seed(seed: int, index: int) -> int:

@@ -12,9 +12,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
@@ -26,7 +28,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from mcckd.stages import STAGES, execute, work_dir_for
-from mcckd.store import is_complete
+from mcckd.store import is_complete, lock_holder, read_manifest
 
 
 class StageFailed(RuntimeError):
@@ -94,9 +96,14 @@ def run_here(
     stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str, threads: int | None = None
 ) -> str:
     """Run one stage on this machine: in this process, or its own child process if it holds an accelerator."""
+    started = time.monotonic()
     if not STAGES[stage].uses_accelerator:
         execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
+        say_if_reused(stage, Path(out_dir), started, os.getpid())
         return out_dir
+    holder = lock_holder(Path(out_dir))  # the child waits for it; say so here, where it is seen
+    if holder:
+        tqdm.write(f"waiting for stage {stage} (held by {holder.get('host')}:{holder.get('pid')})")
     # Its own process group: vLLM's engine processes are the child's children, and a child that dies
     # (killed, crashed) would leave them holding their memory. The group goes when the stage ends.
     # Its output (library warnings, its own bars) goes to the stage's log file; the console gets a
@@ -138,7 +145,20 @@ def run_here(
             f"stage {stage} (fingerprint {fingerprint}) exited with {code} without completing {out_dir}: "
             f"{tail[0] if tail else 'no output'} (log: {log_path})"
         )
+    say_if_reused(stage, Path(out_dir), started, child.pid)
     return out_dir
+
+
+def say_if_reused(stage: str, out_dir: Path, started: float, runner: int) -> None:
+    """One console line when another run wrote ``out_dir`` (this one waited for it, or found it done):
+    the manifest names its writer, and ``runner`` (this process, or the stage's child, which is the
+    writer or, under torchrun, the writer's parent) did not write it."""
+    writer = read_manifest(out_dir).get("writer")
+    if writer and (writer["host"] != socket.gethostname() or runner not in (writer["pid"], writer["parent"])):
+        tqdm.write(
+            f"{stage}: reused {out_dir.name}, computed by {writer['host']}:{writer['pid']} "
+            f"({time.monotonic() - started:.1f} s in this run)"
+        )
 
 
 class CorePool:
@@ -206,22 +226,5 @@ def _stage_task(stage: str, retries: int):
     )
 
 
-sample_task = _stage_task("sample", retries=1)
-import_task = _stage_task("import", retries=0)
-judge_task = _stage_task("judge", retries=0)
-select_task = _stage_task("select", retries=0)
-decontaminate_task = _stage_task("decontaminate", retries=0)
-materialize_task = _stage_task("materialize", retries=0)
-train_task = _stage_task("train", retries=0)
-evaluate_task = _stage_task("evaluate", retries=1)
-
-TASKS = {
-    "sample": sample_task,
-    "import": import_task,
-    "judge": judge_task,
-    "select": select_task,
-    "decontaminate": decontaminate_task,
-    "materialize": materialize_task,
-    "train": train_task,
-    "evaluate": evaluate_task,
-}
+# One task per declared stage, retried as its declaration says.
+TASKS = {name: _stage_task(name, spec.retries) for name, spec in STAGES.items()}

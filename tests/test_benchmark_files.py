@@ -16,7 +16,7 @@ from data_schemas import OVERLAPS, REJECTIONS, SELECTED, InputError, read_table,
 from mcckd import report
 from mcckd.decontaminate import find_overlaps, ngrams, normalize
 from mcckd.readers import RecordedDataError, gsm8k_answer, read_questions
-from mcckd.stages import execute
+from mcckd.stages import execute, output
 from mcckd.stages.decontaminate import DecontaminateSettings
 from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.judge import JudgeSettings
@@ -369,10 +369,13 @@ def test_a_test_set_with_other_field_names_is_read_with_its_mapping(tmp_path):
 # --- the flow: curate runs decontaminate between select and materialize --------------------------------
 
 
+@pytest.mark.slow  # the Prefect harness and a flow
 def test_curate_removes_test_questions_from_training_and_says_so(prefect_harness, tmp_path, capsys):
     from prefect import flow
 
-    from flows.distill import RunConfig, curate, file_ref, run_stage
+    from flows.config import RunConfig
+    from flows.plan import file_ref, plan_curation, stage_call
+    from flows.runner import run_call, run_curation
 
     recorded = tmp_path / "recorded.json"
     questions = {"clean": "Ann has two pens and gets two more pens from her friend Bob. How many?"}
@@ -396,17 +399,20 @@ def test_curate_removes_test_questions_from_training_and_says_so(prefect_harness
 
     @flow
     def curation():
-        source = run_stage(config, "import", ImportSettings(), {"recorded": file_ref(recorded)}, {})
-        return source, curate(config, source)
+        source = stage_call(config, "import", ImportSettings(), {"recorded": file_ref(recorded)}, {}, "import")
+        run_call(config, source)
+        curation = plan_curation(config, source.ref)
+        run_curation(config, curation)
+        return source.out, curation
 
     source, curated = curation()
     console = capsys.readouterr().out
     assert "decontaminate: 1 training question overlaps test set 'bench' (8-gram); removed from training" in console
-    trainset = pq.read_table(curated.trainset.path / "train.parquet").column("question_id").to_pylist()
+    trainset = pq.read_table(output("materialize", curated.materialize.out)).column("question_id").to_pylist()
     assert trainset == ["clean"]
-    counts = report.rejection_counts(curated.judged.path, curated.selected.path, curated.decontaminated.path)
+    counts = report.rejection_counts(curated.judge.out, curated.select.out, curated.decontaminate.out)
     assert counts["decontaminate: contaminated"] == 2  # both of its rationales
-    data = report.data_counts(2, source.path, curated.judged.path, curated.selected.path, curated.decontaminated.path)
+    data = report.data_counts(2, source, curated.judge.out, curated.select.out, curated.decontaminate.out)
     assert (data["selected"], data["contaminated"], data["trained_on"]) == (4, 2, 2)
     assert "| removed: overlap a test set | trained on |" in report.counts_table({"counts": data})
     with pytest.raises(ValueError, match="may not be named 'selected'"):

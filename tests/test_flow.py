@@ -13,20 +13,34 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from matplotlib.image import imread
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.demo import DemoSettings, demo_config, demo_questions
 from flows.distill import distill
+from flows.plan import plan
+from mcckd import plots
+from mcckd.report import data_url
+from mcckd.stages.train import plot_losses
 from mcckd.store import read_manifest
 from tests.prefect_runs import task_states
+from tests.test_stage_declarations import check_declared_outputs
 
 pytestmark = pytest.mark.slow
 
 TINY = DemoSettings(
-    train_questions=6, test_questions=3, num_samples=3, k=2, epochs=1, questions_per_batch=4, seeds=[0, 1]
+    train_questions=6,
+    test_questions=3,
+    sample={"num_samples": 3},
+    select={"k": 2},
+    loop={"epochs": 1, "questions_per_batch": 4},
+    seeds=[0, 1],
 )
 
 
@@ -52,6 +66,35 @@ def stage_folders(store) -> dict[str, float]:
     }
 
 
+def train_log(folder: Path, name: str) -> list[dict]:
+    path = folder / f"{name}.parquet"
+    return pq.read_table(path).to_pylist() if path.exists() else []
+
+
+def redraw_report_plots(config, metrics: dict, out: Path) -> dict[str, Path]:
+    """The report's three figures drawn again from metrics.json and each method's train logs."""
+    logs: dict[str, dict[int, list[dict]]] = {}
+    for manifest in sorted(config.store.glob("train/*/manifest.json")):
+        loop = json.loads(manifest.read_text())["settings"]["loop"]
+        [name] = [n for n, m in config.students.items() if m.train.loop.alpha == loop["alpha"]]
+        logs.setdefault(name, {})[loop["seed"]] = train_log(manifest.parent, "train_log")
+    assert {n: sorted(runs) for n, runs in logs.items()} == {n: [0, 1] for n in config.students}
+    by_method = {n: [runs[s] for s in sorted(runs)] for n, runs in logs.items()}
+    plots.plot_accuracy(metrics, out / "accuracy.png")
+    colours = plots.model_colours(plots.model_names(metrics))
+    plots.plot_training_curves(by_method, out / "training_curves.png", colours)
+    plots.plot_teacher_gap(metrics, out / "teacher_gap.png")
+    return {name: out / f"{name}.png" for name in ("accuracy", "training_curves", "teacher_gap")}
+
+
+def assert_same_image(png: Path, again: Path) -> None:
+    """A real, non-blank image with the same pixels as the redrawn one."""
+    image, expected = imread(png), imread(again)
+    assert image.shape == expected.shape and image.shape[0] >= 250 and image.shape[1] >= 400, png
+    assert image.std() > 0, png
+    assert np.abs(image - expected).max() < 1e-6, png
+
+
 @pytest.fixture(scope="module")
 def first_run(prefect_harness, tmp_path_factory):
     """One full run shared by the tests below (each vLLM start costs seconds)."""
@@ -65,7 +108,7 @@ def first_run(prefect_harness, tmp_path_factory):
     return root, questions, config, state, stage_folders(store), console.getvalue()
 
 
-def test_distill_flow_runs_every_stage_then_caches(first_run):
+def test_distill_flow_runs_every_stage_then_caches(first_run, tmp_path_factory):
     root, _, config, first, folders, console = first_run
     assert first.is_completed(), first.message
     metrics = first.result()
@@ -102,17 +145,27 @@ def test_distill_flow_runs_every_stage_then_caches(first_run):
     assert json.loads((root / "report" / "metrics.json").read_text()) == metrics
     text = (root / "report" / "report.md").read_text()
     assert "| mcc_kd | 2 |" in text and "mcc_kd - std_cot" in text and "torch threads" in text
-    for plot in ("accuracy", "training_curves", "teacher_gap"):
-        assert (root / "report" / f"{plot}.png").read_bytes()[:4] == b"\x89PNG"
+    # Each figure plots this run's numbers: drawn again from metrics.json and the train logs, it has the
+    # same pixels (that the plot functions draw the data they are given is tested in test_stats.py).
+    redrawn = redraw_report_plots(config, metrics, tmp_path_factory.mktemp("redrawn"))
+    for plot, again in redrawn.items():
+        png = root / "report" / f"{plot}.png"
+        assert_same_image(png, again)
         [image] = artifacts(f"plot-{plot.replace('_', '-')}", first)
-        assert image.type == "image" and image.data.startswith("data:image/png;base64,")
+        assert image.type == "image" and image.data == data_url(png)
     # questions, sample, judge, select, decontaminate, materialize, 4 x train, 6 x evaluate
     assert len(folders) == 16
     examples = json.loads(artifacts("judge-examples", first)[0].data)
     verdicts = [e["verdict"] for e in examples]
     assert set(verdicts) == report_verdicts(config) and max(verdicts.count(v) for v in verdicts) <= 2
     [loss] = artifacts("train-mcc-kd-seed1-loss", first)
-    assert loss.type == "image" and loss.data.startswith("data:image/png;base64,")
+    loss_png = Path(loss.description)  # the train folder's loss.png
+    assert loss.type == "image" and loss.data == data_url(loss_png)
+    run = json.loads((loss_png.parent / "manifest.json").read_text())["settings"]["loop"]
+    assert run["alpha"] > 0 and run["seed"] == 1
+    again = tmp_path_factory.mktemp("loss") / "loss.png"
+    plot_losses(*(train_log(loss_png.parent, name) for name in ("train_log", "dev_log")), again)
+    assert_same_image(loss_png, again)
     [summary] = artifacts("sample-summary", first)
     assert str(config.store / "sample") in summary.data  # the stage's folder
     [throughput] = json.loads(artifacts("teacher-throughput", first)[0].data)
@@ -198,3 +251,13 @@ def test_stage_progress_file_becomes_a_progress_artifact(prefect_harness, tmp_pa
     [artifact] = artifacts("watched-progress")
     assert artifact.type == "progress" and float(artifact.data) == 75.0
     assert artifact.description == "watched: 4 shards in all"  # created at 1 of 4, read at 3
+
+
+def test_the_run_wrote_its_plan_and_each_stage_its_declared_outputs(first_run):
+    """Every folder the run wrote is a call of its plan (and every call has its folder), and each holds
+    exactly the files its stage declares, with their schemas."""
+    _, _, config, _, folders, _ = first_run
+    planned = {f"{call.stage}/{call.fingerprint}" for call in plan(config).calls}
+    assert planned == {name for name in folders if not name.startswith("questions/")}
+    for call in plan(config).calls:
+        check_declared_outputs(call.out)

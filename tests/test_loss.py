@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -92,7 +93,56 @@ def test_alpha_zero_is_exactly_std_cot():
     pairs = question_pairs([0, 0, 1, 1, 2, 2], "all")
     parts = mcc_kd_loss(logits, labels, gather_span(logits, span_positions), span_mask, pairs, alpha=0.0)
     assert torch.equal(parts.total, sequence_cross_entropy(logits, labels).mean())
-    assert parts.consistency.item() == 0.0
+
+
+def test_consistency_is_zero_for_identical_rationales_and_positive_for_different_ones(demo_tokenizer):
+    """The demo student (a real, trained causal LM) on one demo question: two copies of one
+    rationale give the same answer-span distributions, so the term is zero; two different
+    rationales (different tokens before the same answer span) give the student different answer
+    distributions, so the term is positive. A term that were always zero, or that compared
+    anything but the span, fails here."""
+    from transformers import AutoModelForCausalLM
+
+    from mcckd.demo_world.assets import STUDENT_BASE_DIR
+    from mcckd.demo_world.problems import generate_split, write_rationale
+    from mcckd.rendering import Renderer
+    from mcckd.stages.materialize import with_answer_sentence
+    from mcckd.training.data import collate, encode_groups
+    from mcckd.training.step import step_losses
+
+    [problem] = generate_split("id", 1, seed=0)
+    renderer, rng = Renderer(demo_tokenizer), random.Random(0)
+    texts = {}
+    for fmt in ("plain", "symbolic"):
+        text, span, _ = with_answer_sentence(write_rationale(problem, fmt, 2, rng), str(problem.answer))
+        texts[fmt] = (text, span)
+    assert texts["plain"][0] != texts["symbolic"][0]
+
+    def group(question_id: str, *formats: str):
+        examples = [renderer.example(question_id, problem.question, *texts[f]) for f in formats]
+        [encoded], rejected = encode_groups(demo_tokenizer, examples, 512)
+        assert not rejected
+        return encoded
+
+    same, different = group("same", "plain", "plain"), group("different", "plain", "symbolic")
+    assert same[0].span_token_ids == different[1].span_token_ids  # one answer, tokenized alike
+    assert different[0].input_ids != different[1].input_ids
+
+    model = AutoModelForCausalLM.from_pretrained(str(STUDENT_BASE_DIR)).eval()
+    t = collate([same, different], demo_tokenizer.pad_token_id)
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        zero = step_losses(model, head, t, torch.tensor([[0, 1]]), alpha=1.0).consistency
+        positive = step_losses(model, head, t, torch.tensor([[2, 3]]), alpha=1.0).consistency
+        both = step_losses(model, head, t, question_pairs(t["group_ids"], "all"), alpha=1.0)
+        # The same numbers from the loss function on the model's full logits.
+        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+        spans = gather_span(logits, t["span_positions"])
+        direct = [answer_consistency(spans, t["span_mask"], torch.tensor([p])) for p in ([0, 1], [2, 3])]
+    assert zero.item() < 1e-6 and direct[0].item() < 1e-6
+    assert positive.item() > 1e-3 and direct[1].item() == pytest.approx(positive.item(), rel=1e-4)
+    assert both.consistency.item() == pytest.approx((zero.item() + positive.item()) / 2, rel=1e-4)
+    assert both.total.item() == pytest.approx(both.cross_entropy.item() + both.consistency.item(), rel=1e-5)
 
 
 def test_gradients_reach_both_rationales_of_a_pair():

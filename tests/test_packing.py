@@ -139,6 +139,7 @@ def test_varlen_attention_refuses_more_than_one_row():
         model_inputs(model, collate(rationales(), 0, pack_length=48))
 
 
+@pytest.mark.slow  # train_causal_lm, twice
 def test_the_loop_trains_varlen_as_padded_and_returns_the_models_own_attention(tmp_path):
     """Through ``train_causal_lm``: the same losses step by step as padded batches, and the model
     comes back with the attention it was loaded with (what gets saved and evaluated)."""

@@ -61,7 +61,7 @@ def test_a_data_folder_without_the_papers_files_is_named_with_every_missing_file
 def test_a_small_real_run_evaluates_every_model_on_every_test_set(prefect_harness, tmp_path):
     """Four recorded questions, three test questions per set: import -> judge -> select ->
     decontaminate -> materialize -> train SmolLM2 (Std-CoT, MCC-KD) -> evaluate, under Prefect."""
-    settings = RealSettings(train_questions=4, eval_questions=3, eval_max_tokens=24)
+    settings = RealSettings(recorded={"max_questions": 4}, evaluation={"max_questions": 3, "max_tokens": 24})
     metrics = real(settings=settings, store=tmp_path / "store", report_dir=tmp_path / "report")
     assert {"untrained", "std_cot", "mcc_kd"} <= set(metrics)
     for model in ("untrained", "std_cot", "mcc_kd"):

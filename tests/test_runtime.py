@@ -30,6 +30,7 @@ def test_system_allocator_is_kept_when_asked_and_other_preloads_survive():
     assert allocator_env(other) == other  # already preloaded: nothing to change, so no second re-exec
 
 
+@pytest.mark.slow  # python -m mcckd train
 def test_the_train_command_reexecutes_itself_under_mimalloc(tmp_path):
     """``python -m mcckd train`` restarts under mimalloc before it reads anything: its log says so."""
     out = tmp_path / "out"

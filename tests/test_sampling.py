@@ -24,6 +24,7 @@ from mcckd.teachers import TEACHER_CHAT, TeacherSpec, teacher_prompt
 from tests.demo_questions import questions_file
 
 
+@pytest.mark.slow  # two vLLM engines
 def test_several_teachers_and_prompts_in_one_run(tmp_path):
     teachers = [
         TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE),
@@ -45,6 +46,7 @@ def test_several_teachers_and_prompts_in_one_run(tmp_path):
     assert all(t["prompts"] == 12 and t["generated_tokens_per_s"] > 0 for t in summary["throughput"])
 
 
+@pytest.mark.slow  # python -m mcckd sample: vLLM, twice
 def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     q = questions_file(tmp_path / "q.parquet", 120)
     out = tmp_path / "out"
@@ -79,6 +81,7 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     assert {r["question_id"] for r in rows} == {f"q{i}" for i in range(120)}
 
 
+@pytest.mark.slow  # starts two vLLM engine processes
 def test_a_failing_engine_stops_the_stage_with_its_name(tmp_path):
     model = tmp_path / "broken-model"
     model.mkdir()

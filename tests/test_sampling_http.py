@@ -78,6 +78,7 @@ def vllm_server():
         server.kill()
 
 
+@pytest.mark.slow  # the vLLM server
 def test_http_backend_samples_from_vllm_server(tmp_path, vllm_server, monkeypatch, caplog):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
@@ -96,6 +97,7 @@ def test_http_backend_samples_from_vllm_server(tmp_path, vllm_server, monkeypatc
     assert SECRET not in caplog.text and SECRET not in json.dumps(summary)
 
 
+@pytest.mark.slow  # the vLLM server
 def test_http_backend_with_a_wrong_api_key_fails_without_retrying(tmp_path, vllm_server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "wrong")
     settings = SampleSettings(teachers=[http_teacher(vllm_server)], num_samples=1, shard_size=2)
@@ -104,6 +106,7 @@ def test_http_backend_with_a_wrong_api_key_fails_without_retrying(tmp_path, vllm
     assert vllm_server in str(failed.value) and "wrong" not in str(failed.value)
 
 
+@pytest.mark.slow  # the vLLM server
 def test_served_teacher_identity_is_what_the_server_reports(vllm_server, monkeypatch):
     """redistill's view of a served teacher: the model and the checkpoint (``root``) its server names."""
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)

@@ -189,15 +189,17 @@ print(json.dumps({{"id": str(run.id), "state": run.state.name}}))
 
 
 def test_distill_and_redistill_through_the_api(server, tmp_path):
+    from flows.config import StageDeployments
     from flows.demo import DemoSettings, demo_config, demo_questions
-    from flows.distill import StageDeployments
     from mcckd.demo_world.assets import TEACHER_DIR
 
     api, env, root = server
     shared = root / "shared"  # every worker sees it (one machine here; a volume in docker-compose)
     teacher = shared / "teacher"
     shutil.copytree(TEACHER_DIR, teacher)
-    tiny = DemoSettings(train_questions=4, test_questions=2, num_samples=2, k=2, epochs=1, questions_per_batch=4)
+    tiny = DemoSettings(
+        train_questions=4, test_questions=2, sample={"num_samples": 2}, loop={"epochs": 1, "questions_per_batch": 4}
+    )
     tiny = tiny.model_copy(update={"cot_styles": [("plain", "2")], "parallel_trains": 1})
     questions = demo_questions.fn(shared / "store", tiny.train_questions, tiny.test_questions, tiny.data_seed)
     config = demo_config(tiny, questions, shared / "store", shared / "report")

@@ -1,4 +1,4 @@
-"""Report statistics and figures: intervals that cover, tests that detect, and PNGs that open."""
+"""Report statistics and figures: intervals that cover, tests that detect, and PNGs that open and plot the data."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.container import BarContainer
 from matplotlib.image import imread
 from scipy.stats import binomtest
 
-from mcckd.plots import plot_accuracy, plot_teacher_gap, plot_training_curves
+from mcckd.plots import plot_accuracy, plot_sweep_heatmaps, plot_teacher_gap, plot_training_curves
 from mcckd.stats import accuracy_interval, describe_comparison, paired_comparison, wilson_interval
+from mcckd.sweep import Cell
 
 
 def _matrix(accuracy: float, seeds: int, questions: int, seed: int = 1) -> np.ndarray:
@@ -197,8 +200,8 @@ METRICS = {
 }
 
 
-def _assert_png(path: Path, written: Path, min_width: int = 400) -> None:
-    assert written == path
+def _assert_png(path: Path, min_width: int = 400) -> None:
+    """The file is a real image of a readable size with something drawn on it."""
     image = imread(path)
     height, width = image.shape[:2]
     assert width >= min_width
@@ -206,14 +209,74 @@ def _assert_png(path: Path, written: Path, min_width: int = 400) -> None:
     assert image.std() > 0  # something was drawn
 
 
-def test_plot_accuracy_writes_png(tmp_path: Path):
+def _bars(ax) -> dict[str, list[float]]:
+    """Bar heights per legend label, in the order the bars stand."""
+    return {c.get_label(): [p.get_height() for p in c.patches] for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def _whiskers(ax, label: str) -> np.ndarray:
+    """(low, high) ends of the error bars of the bars labelled ``label``, one row a bar."""
+    [bars] = [c for c in ax.containers if isinstance(c, BarContainer) and c.get_label() == label]
+    segments = bars.errorbar.lines[2][0].get_segments()
+    return np.array([(s[:, 1].min(), s[:, 1].max()) for s in segments])
+
+
+SPLITS = ["id", "ood_steps", "ood_templates"]
+MODELS = ["teacher", "untrained", "std_cot", "mcc_kd"]
+
+
+def test_plot_accuracy_draws_each_models_accuracy_interval_and_seeds(tmp_path: Path):
     path = tmp_path / "figures" / "accuracy.png"
-    _assert_png(path, plot_accuracy(METRICS, path))
+    fig = plot_accuracy(METRICS, path)
+    _assert_png(path)
+    [ax] = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == SPLITS
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("test split", "accuracy")
+    assert ax.get_title().startswith("test accuracy by split")
+    bars = _bars(ax)
+    assert list(bars) == MODELS  # one bar per model and split, in the metrics' order
+    for model in MODELS:
+        assert bars[model] == pytest.approx([METRICS[model][s] for s in SPLITS])
+        assert _whiskers(ax, model) == pytest.approx(np.array([METRICS["ci95"][model][s] for s in SPLITS]))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == MODELS
+    # The per-seed dots: every seed's accuracy, standing on its model's bar of its split.
+    dots = sorted(
+        (round(float(x), 6), round(float(y), 6))
+        for c in ax.collections
+        if isinstance(c, PathCollection)
+        for x, y in c.get_offsets()
+    )
+    centres = {}
+    for bars in (c for c in ax.containers if isinstance(c, BarContainer)):
+        for split, patch in zip(SPLITS, bars.patches, strict=True):
+            centres[bars.get_label(), split] = round(patch.get_x() + patch.get_width() / 2, 6)
+    expected = sorted(
+        (centres[m, s], round(v, 6))
+        for m, splits in METRICS["per_seed"].items()
+        for s, vs in splits.items()
+        for v in vs
+    )
+    assert dots == expected
 
 
-def test_plot_teacher_gap_writes_png(tmp_path: Path):
+def test_plot_teacher_gap_draws_teacher_minus_student_with_shifted_intervals(tmp_path: Path):
     path = tmp_path / "gap.png"
-    _assert_png(path, plot_teacher_gap(METRICS, path))
+    fig = plot_teacher_gap(METRICS, path)
+    _assert_png(path)
+    [ax] = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == SPLITS
+    assert ax.get_ylabel() == "teacher accuracy - student accuracy"
+    bars = _bars(ax)
+    students = [m for m in MODELS if m != "teacher"]
+    assert list(bars) == students  # the teacher has no gap to itself
+    for student in students:
+        teacher = [METRICS["teacher"][s] for s in SPLITS]
+        assert bars[student] == pytest.approx([t - METRICS[student][s] for t, s in zip(teacher, SPLITS, strict=True)])
+        # teacher - [low, high] = [teacher - high, teacher - low]
+        ci = [METRICS["ci95"][student][s] for s in SPLITS]
+        shifted = [(t - high, t - low) for t, (low, high) in zip(teacher, ci, strict=True)]
+        assert _whiskers(ax, student) == pytest.approx(np.array(shifted))
+    assert [list(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "-"] == [[0, 0]]  # the zero line
 
 
 def _log(steps: int, start: float, consistency: float) -> list[dict]:
@@ -223,15 +286,87 @@ def _log(steps: int, start: float, consistency: float) -> list[dict]:
     ]
 
 
+def _curves(ax) -> dict[str, list[np.ndarray]]:
+    """Thin (one seed) and thick (mean) lines of each colour, as (steps, values) arrays."""
+    out: dict[str, list] = {}
+    for line in ax.lines:
+        out.setdefault("thick" if line.get_linewidth() > 2 else "thin", []).append(
+            (line.get_color(), np.asarray(line.get_xdata()), np.asarray(line.get_ydata()), line.get_label())
+        )
+    return out
+
+
 def test_plot_training_curves_unequal_seeds_and_zero_consistency(tmp_path: Path):
     logs = {
         "std_cot": [_log(50, 3.0, 0.0), _log(40, 3.2, 0.0), _log(50, 2.9, 0.0)],
         "mcc_kd": [_log(50, 3.0, 0.5), _log(45, 3.1, 0.6)],
     }
     path = tmp_path / "curves.png"
-    _assert_png(path, plot_training_curves(logs, path), min_width=800)
+    fig = plot_training_curves(logs, path)
+    _assert_png(path, min_width=800)
+    ce_ax, cons_ax = fig.axes[:2]
+    assert (ce_ax.get_title(), cons_ax.get_title()) == ("cross-entropy loss", "consistency loss")
+    assert ce_ax.get_yscale() == cons_ax.get_yscale() == "log" and ce_ax.get_xlabel() == "training step"
+
+    ce = _curves(ce_ax)
+    assert len(ce["thin"]) == 5  # one line per seed run: 3 + 2
+    for (_, steps, values, _), run in zip(ce["thin"], [*logs["std_cot"], *logs["mcc_kd"]], strict=True):
+        assert steps.tolist() == [r["step"] for r in run]
+        assert values == pytest.approx([r["cross_entropy"] for r in run])
+    # The mean over seeds, up to the shortest run of each method (40 and 45 steps).
+    [(std_colour, std_steps, std_mean, std_label), (mcc_colour, mcc_steps, mcc_mean, mcc_label)] = ce["thick"]
+    assert (std_label, mcc_label) == ("std_cot", "mcc_kd") and std_colour != mcc_colour
+    assert std_steps.tolist() == list(range(40)) and mcc_steps.tolist() == list(range(45))
+    std_expected = np.mean([[r["cross_entropy"] for r in run[:40]] for run in logs["std_cot"]], axis=0)
+    assert std_mean == pytest.approx(std_expected)
+    mcc_expected = np.mean([[r["cross_entropy"] for r in run[:45]] for run in logs["mcc_kd"]], axis=0)
+    assert mcc_mean == pytest.approx(mcc_expected)
+
+    # Std-CoT's consistency is zero throughout: only MCC-KD's curves are on the consistency panel.
+    cons = _curves(cons_ax)
+    assert {c for c, *_ in cons["thin"] + cons["thick"]} == {mcc_colour}
+    [(_, _, cons_mean, label)] = cons["thick"]
+    assert label == "mcc_kd"
+    assert cons_mean == pytest.approx(np.mean([[r["consistency"] for r in run[:45]] for run in logs["mcc_kd"]], axis=0))
+    assert [t.get_text() for t in cons_ax.get_legend().get_texts()] == ["mcc_kd"]
 
 
 def test_plot_training_curves_without_any_consistency(tmp_path: Path):
     path = tmp_path / "curves.png"
-    _assert_png(path, plot_training_curves({"std_cot": [_log(30, 3.0, 0.0), _log(20, 3.0, 0.0)]}, path), 800)
+    logs = {"std_cot": [_log(30, 3.0, 0.0), _log(20, 3.0, 0.0)]}
+    fig = plot_training_curves(logs, path)
+    _assert_png(path, 800)
+    ce_ax, cons_ax = fig.axes[:2]
+    [(_, steps, mean, label)] = _curves(ce_ax)["thick"]
+    assert label == "std_cot" and steps.tolist() == list(range(20))
+    assert mean == pytest.approx([3.0 / (1 + s) for s in range(20)])
+    assert not cons_ax.lines and [t.get_text() for t in cons_ax.texts] == ["no consistency term"]
+
+
+def test_plot_sweep_heatmaps_puts_each_cells_accuracy_in_its_place(tmp_path: Path):
+    cells = [Cell("t", fmt, level) for fmt in ("plain", "subq") for level in ("1", "3")] + [Cell("u", "plain", "1")]
+    accuracy = {"t/plain-1": 0.2, "t/plain-3": 0.4, "t/subq-1": 0.6, "u/plain-1": 0.5}  # t/subq-3 not run
+    rows = [
+        {"cell": name, "method": method, "accuracy": {"id": {"mean": a + bonus, "ci95": [a + bonus - 0.1, a + bonus]}}}
+        for method, bonus in (("std_cot", 0.0), ("mcc_kd", 0.05))
+        for name, a in accuracy.items()
+    ]
+    path = tmp_path / "heatmap_id.png"
+    fig = plot_sweep_heatmaps(rows, cells, "id", path, untrained=0.12)
+    _assert_png(path)
+    assert "on id" in fig.get_suptitle() and "untrained student 0.12" in fig.get_suptitle()
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.images}
+    assert list(panels) == ["t · std_cot", "t · mcc_kd", "u · std_cot", "u · mcc_kd"]
+    for teacher, method, bonus in [("t", "std_cot", 0.0), ("t", "mcc_kd", 0.05)]:
+        ax = panels[f"{teacher} · {method}"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["plain", "subq"]  # formats across
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "3"]  # granularities down
+        [image] = ax.images
+        grid = np.ma.filled(image.get_array(), np.nan)
+        assert grid[:, 0] == pytest.approx([0.2 + bonus, 0.4 + bonus])  # plain-1, plain-3
+        assert grid[0, 1] == pytest.approx(0.6 + bonus) and np.isnan(grid[1, 1])  # subq-1; subq-3 not run
+        assert image.get_clim() == (0, 0.7)  # 0 to the best cell (0.65) rounded up to a tenth
+        texts = [t.get_text() for t in ax.texts]
+        assert f"{0.6 + bonus:.2f}\n[{0.5 + bonus:.2f}, {0.6 + bonus:.2f}]" in texts and "not run" in texts
+    u_grid = np.ma.filled(panels["u · std_cot"].images[0].get_array(), np.nan)
+    assert u_grid[0, 0] == pytest.approx(0.5) and np.isnan(u_grid[1:, :]).all() and np.isnan(u_grid[0, 1])

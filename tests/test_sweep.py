@@ -17,11 +17,12 @@ from flows.demo import DemoSweep, demo_sweep_config
 from flows.real import COT_FACTOR_CELLS, svamp_labels
 from flows.sweep import RecordedCell, SweepConfig, cot_sweep, plan_sweep
 from mcckd.demo_world.assets import TOKENIZER_DIR
-from mcckd.teachers import teacher_identity
 from tests.prefect_runs import task_states
 from tests.shared_data import SHARED_DATA, needs_shared
 
-TINY = DemoSweep(train_questions=6, test_questions=3, cot_formats=["plain"], granularities=["1"], epochs=1, seeds=[0])
+TINY = DemoSweep(
+    train_questions=6, test_questions=3, cot_formats=["plain"], granularities=["1"], loop={"epochs": 1}, seeds=[0]
+)
 
 
 def svamp_cell(tmp_path: Path, name: str, rows: int | None = None) -> RecordedCell:
@@ -37,18 +38,17 @@ def svamp_cell(tmp_path: Path, name: str, rows: int | None = None) -> RecordedCe
 def test_plan_states_every_stage_and_the_budget_leaves_out_whole_runs(tmp_path):
     settings = TINY.model_copy(update={"cot_formats": ["plain", "subq"], "seeds": [0, 1]})
     config = demo_sweep_config(settings, tmp_path / "store", tmp_path / "report")
-    identities = {t.name: teacher_identity(t) for t in config.teachers}
-    plan, runs, left_out = plan_sweep(config, identities)
-    stages = [p["stage"] for p in plan]
+    plan = plan_sweep(config)
+    stages = [row["stage"] for row in plan.rows()]
     # 2 cells x (sample, judge, select, decontaminate, materialize); teacher + untrained; 2 cells x 2 methods x 2 seeds
     assert stages.count("sample") == stages.count("decontaminate") == stages.count("materialize") == 2
     assert stages.count("train") == 8 and stages.count("evaluate") == 2 + 8
-    assert {p["state"] for p in plan} == {"to run"} and len(runs) == 8 and not left_out
+    assert {row["state"] for row in plan.rows()} == {"to run"} and len(plan.trains) == 8 and not plan.left_out
     limited = config.model_copy(update={"budget": 2 + 5})  # the 2 reference evaluations, then 2 whole runs
-    plan, runs, left_out = plan_sweep(limited, identities)
-    assert len(runs) == 2 and len(left_out) == 6
-    assert all("over the budget of 7" in line for line in left_out)
-    assert sum(p["state"] == "left out (budget)" for p in plan) == 12  # train and evaluate of each
+    plan = plan_sweep(limited)
+    assert len(plan.trains) == len(plan.evaluations) == 2 and len(plan.left_out) == 6
+    assert sum(row["state"] == "left out (budget)" for row in plan.rows()) == 12  # train and evaluate of each
+    assert not {c.fingerprint for c in plan.calls} & {c.fingerprint for pair in plan.left_out.values() for c in pair}
 
 
 def test_a_sweep_needs_cells_and_names_what_is_missing(tmp_path):
@@ -61,6 +61,7 @@ def test_a_sweep_needs_cells_and_names_what_is_missing(tmp_path):
         SweepConfig.model_validate(config.model_dump() | {"rank_on": "nope"})
 
 
+@pytest.mark.slow  # the Prefect harness and a sweep flow
 @needs_shared
 def test_recorded_svamp_cells_give_per_cell_data_statistics(prefect_harness, tmp_path):
     config = SweepConfig(
@@ -147,6 +148,7 @@ def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(pref
     assert len(second.result()["results"]) == 6
 
 
+@pytest.mark.slow  # the Prefect harness and a sweep flow
 def test_cells_without_usable_rationales_are_reported_not_trained(prefect_harness, tmp_path):
     """Degenerate cells: a file with no rows, and one whose every rationale is rejected (no gold answer)."""
     empty, unlabelled = tmp_path / "empty.json", tmp_path / "unlabelled.json"

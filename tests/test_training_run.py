@@ -103,6 +103,7 @@ def reference(tmp_path_factory, trainset) -> tuple[Path, dict]:
     return out, run_train(out, trainset, settings(dev_fraction=0.1, eval_every=20))
 
 
+@pytest.mark.slow  # python -m mcckd train, twice
 def test_killed_run_resumes_and_its_loss_curve_continues(tmp_path, trainset, reference):
     ref_out, ref_summary = reference
     cfg = settings(dev_fraction=0.1, eval_every=20)
@@ -128,6 +129,7 @@ def test_killed_run_resumes_and_its_loss_curve_continues(tmp_path, trainset, ref
     assert not work_dir_for(out).exists()  # checkpoints removed once the output is complete
 
 
+@pytest.mark.slow  # a 2-process DDP training run
 def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trainset, reference):
     _, ref_summary = reference
     out = tmp_path / "ddp"
@@ -155,6 +157,7 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trains
     assert 2 / 3 < ddp[-25:].mean() / single[-25:].mean() < 1.5
 
 
+@pytest.mark.slow  # train_causal_lm
 def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
     from transformers import AutoModelForCausalLM
 

@@ -12,6 +12,10 @@ import sys
 import time
 import urllib.request
 
+import pytest
+
+pytestmark = pytest.mark.slow  # starts a Prefect server (flows.ui) in its own process
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -273,8 +273,11 @@ def write_rationale(p: Problem, fmt: str, level: int, rng: random.Random) -> str
     return " ".join(lines)
 
 
+TRAIN_FILE = "train.parquet"  # the generator's questions (a stage input, not a stage output)
+
+
 def write_question_sets(out_dir: Path, n_train: int, n_test: int, seed: int) -> dict[str, Path]:
-    """``train.parquet`` (in-distribution questions to distil on) and ``test_<split>.parquet`` for
+    """``TRAIN_FILE`` (in-distribution questions to distil on) and ``test_<split>.parquet`` for
     every split. Train and in-distribution test questions are disjoint (drawn as one set, then cut).
     """
     paths = {}
@@ -286,6 +289,6 @@ def write_question_sets(out_dir: Path, n_train: int, n_test: int, seed: int) -> 
             for i, p in enumerate(problems)
         ]
         if split == "id":
-            paths["train"] = write_table(rows[n_test:], out_dir / "train.parquet", QUESTIONS)
+            paths["train"] = write_table(rows[n_test:], out_dir / TRAIN_FILE, QUESTIONS)
         paths[split] = write_table(rows[:n_test], out_dir / f"test_{split}.parquet", QUESTIONS)
     return paths

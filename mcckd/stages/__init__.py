@@ -1,71 +1,50 @@
 """The stages (sample or import, judge, select, decontaminate, materialize, train, evaluate) and the
 one way to run any of them: :func:`execute`.
 
-Each stage module has a pydantic ``*Settings`` model, a ``STAGE_VERSION`` (bump it when the
-stage's output for the same inputs changes) and ``run(settings, out_dir, **inputs) -> summary``.
-:func:`execute` wraps ``run`` in an atomic, fingerprinted folder; the CLI (``python -m mcckd``)
-and the Prefect tasks both call it, so a container, a test and the flow run exactly the same code.
+Each stage module declares itself once, as ``STAGE`` (:class:`mcckd.stages.spec.StageSpec`): its
+name, bounded pydantic settings, code version, inputs and outputs (file names with their schemas),
+and has ``run(settings, out_dir, **inputs) -> summary``. Everything else derives from
+:data:`STAGES`: the Prefect tasks, the flows' plan, the CLI and the readers of a stage's files
+(:func:`output`). :func:`execute` wraps ``run`` in an atomic, fingerprinted folder; the CLI
+(``python -m mcckd``) and the Prefect tasks both call it, so a container, a test and the flow run
+exactly the same code.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 from pydantic import BaseModel
 
 from data_schemas import InputError
-from mcckd.store import atomic_stage_dir, fingerprint, is_complete, read_manifest
+from mcckd.stages import decontaminate, evaluate, import_recorded, judge, materialize, sample, select, train
+from mcckd.stages.spec import StageSpec
+from mcckd.store import atomic_stage_dir, fingerprint, is_complete, read_manifest, stage_lock, wait_for_launch_leader
 
-
-@dataclass(frozen=True)
-class Stage:
-    """A stage, imported only when used: ``judge`` in a container need not load torch or vLLM."""
-
-    name: str
-    module_name: str
-    settings_name: str
-    inputs: tuple[str, ...]  # required inputs; test sets (evaluate, decontaminate) are named by the caller
-    uses_accelerator: bool  # runs in its own process, so GPU memory is returned when it ends
-    resumable: bool = False  # ``run`` takes a ``work_dir`` that outlives a killed run
-
-    @property
-    def module(self) -> ModuleType:
-        return importlib.import_module(f"mcckd.stages.{self.module_name}")
-
-    @property
-    def settings(self) -> type[BaseModel]:
-        return getattr(self.module, self.settings_name)
-
-    @property
-    def version(self) -> int:
-        return self.module.STAGE_VERSION
-
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in [
-        Stage("sample", "sample", "SampleSettings", ("questions",), True, resumable=True),
-        Stage("import", "import_recorded", "ImportSettings", ("recorded",), False),
-        Stage("judge", "judge", "JudgeSettings", ("samples",), False),
-        Stage("select", "select", "SelectSettings", ("judged",), False),
-        Stage("decontaminate", "decontaminate", "DecontaminateSettings", ("selected",), False),
-        Stage("materialize", "materialize", "MaterializeSettings", ("selected",), False),
-        Stage("train", "train", "TrainSettings", ("trainset",), True, resumable=True),
-        Stage("evaluate", "evaluate", "EvaluateSettings", (), True),
-    ]
+# In pipeline order: each module's ``STAGE`` and its ``run``.
+_MODULES = {
+    m.STAGE.name: m for m in (sample, import_recorded, judge, select, decontaminate, materialize, train, evaluate)
 }
+STAGES: dict[str, StageSpec] = {name: m.STAGE for name, m in _MODULES.items()}
+
+
+def output(stage: str, out_dir: Path, name: str | None = None) -> Path:
+    """The file ``name`` (default: the main output) in a folder of ``stage``: what readers ask for."""
+    return STAGES[stage].path(out_dir, name)
+
+
+def resolve_input(path: Path) -> Path:
+    """An input given as a complete stage folder means that stage's main output (what the next
+    stage reads), so the CLI and containers can pass folders: ``--in samples=runs/import``."""
+    return output(read_manifest(path)["stage"], path) if path.is_dir() and is_complete(path) else path
 
 
 def stage_fingerprint(stage: str, settings: BaseModel, input_fingerprints: dict[str, str]) -> str:
     """Everything that determines a stage's output: its code version, settings and inputs."""
-    spec = STAGES[stage]
-    return fingerprint(stage, spec.version, settings, input_fingerprints)
+    return fingerprint(stage, STAGES[stage].version, settings, input_fingerprints)
 
 
 def work_dir_for(out_dir: Path) -> Path:
@@ -79,6 +58,11 @@ def execute(stage: str, settings: BaseModel, out_dir: Path, inputs: dict[str, Pa
     A resumable stage continues from its work folder if a previous run was killed; the work folder
     is removed once the output is complete. Under ``torchrun`` only rank 0 writes ``out_dir``;
     the other ranks write into a scratch folder that is thrown away.
+
+    Runs sharing a store compute a folder once: "complete? run, rename" happens under the folder's
+    lock (:func:`mcckd.store.stage_lock`), so a run that finds another computing it waits and then
+    returns the stored summary, with ``reused_after_wait_s`` added. Ranks > 0 take no lock: they
+    wait until rank 0 of their launch holds it, or reuse the folder rank 0 reuses.
     """
     if is_complete(out_dir):
         return read_manifest(out_dir)["summary"]
@@ -89,16 +73,26 @@ def execute(stage: str, settings: BaseModel, out_dir: Path, inputs: dict[str, Pa
     for name, path in inputs.items():
         if not Path(path).exists():
             raise InputError(f"{path}: input {name!r} of stage {stage!r} does not exist")
-    kwargs = {k: Path(v) for k, v in inputs.items()}
+    kwargs = {k: resolve_input(Path(v)) for k, v in inputs.items()}
     if spec.resumable:
         kwargs["work_dir"] = work_dir_for(out_dir)
     if int(os.environ.get("RANK", "0")) > 0:
+        if not wait_for_launch_leader(out_dir):
+            return read_manifest(out_dir)["summary"]
         with tempfile.TemporaryDirectory(prefix=f"mcckd-{stage}-rank") as scratch:
-            return spec.module.run(settings, Path(scratch), **kwargs)
-    manifest = {"stage": stage, "version": spec.version, "settings": settings.model_dump(mode="json"), "inputs": inputs}
-    with atomic_stage_dir(out_dir, manifest) as tmp:
-        summary = spec.module.run(settings, tmp, **kwargs)
-        manifest["summary"] = summary
-    if spec.resumable:
-        shutil.rmtree(kwargs["work_dir"], ignore_errors=True)
+            return _MODULES[stage].run(settings, Path(scratch), **kwargs)
+    manifest = {
+        "stage": stage,
+        "version": spec.version,
+        "settings": settings.model_dump(mode="json"),
+        "inputs": {k: kwargs[k] for k in inputs},
+    }
+    with stage_lock(out_dir) as waited:
+        if is_complete(out_dir):  # another run computed it while this one waited
+            return {**read_manifest(out_dir)["summary"], "reused_after_wait_s": round(waited, 1)}
+        with atomic_stage_dir(out_dir, manifest) as tmp:
+            summary = _MODULES[stage].run(settings, tmp, **kwargs)
+            manifest["summary"] = summary
+        if spec.resumable:
+            shutil.rmtree(kwargs["work_dir"], ignore_errors=True)
     return summary

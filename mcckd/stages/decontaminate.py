@@ -2,10 +2,10 @@
 n-gram with a test question (:mod:`mcckd.decontaminate`; 8 words by default, as open-r1 checks).
 
 In: ``selected`` (``SELECTED``) and any number of test sets by name (``--in NAME=PATH``, read as the
-evaluate stage reads them: :func:`mcckd.readers.read_questions`). Out: ``selected.parquet`` without
-the rationales of contaminated training questions, ``rejections.parquet`` (one ``contaminated``
-ledger row per removed rationale, its detail naming the test set, the test question and the shared
-n-gram) and ``overlaps.parquet`` (``OVERLAPS``: one row per training question, test set and test
+evaluate stage reads them: :func:`mcckd.readers.read_questions`). Out (``STAGE.outputs``): the selected
+rationales without those of contaminated training questions, the ledger (one ``contaminated``
+row per removed rationale, its detail naming the test set, the test question and the shared
+n-gram) and the overlaps (``OVERLAPS``: one row per training question, test set and test
 question that overlap). The summary gives, per test set, the training questions it contaminated
 (``contaminated``) and its own questions found in the training data (``test_questions_overlapping``).
 With no test set, everything passes.
@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from data_schemas import OVERLAPS, REJECTIONS, SELECTED, InputError, read_table, rejections_table, take, write_table
+from data_schemas import OVERLAPS, SELECTED, InputError, read_table, rejections_table, take
 from mcckd.decontaminate import find_overlaps, gram_name
 from mcckd.readers import read_questions
+from mcckd.settings import Settings
+from mcckd.stages.spec import LEDGER, SELECTED_FILE, Output, StageSpec
 
-STAGE_VERSION = 1
 
-
-class DecontaminateSettings(BaseModel):
+class DecontaminateSettings(Settings):
     ngram: int | None = Field(
         8,
         ge=1,
@@ -37,6 +37,20 @@ class DecontaminateSettings(BaseModel):
         description="per test set name: our field names (question, answer, id) -> the file's columns, "
         "as the evaluate stage reads that set",
     )
+
+
+STAGE = StageSpec(
+    name="decontaminate",
+    settings=DecontaminateSettings,
+    version=1,
+    inputs=("selected",),
+    test_sets=True,
+    outputs={
+        "selected": SELECTED_FILE,
+        "rejections": LEDGER,
+        "overlaps": Output("overlaps.parquet", OVERLAPS, "(training question, test set, test question) overlaps"),
+    },
+)
 
 
 def run(settings: DecontaminateSettings, out_dir: Path, selected: Path, **test_sets: Path) -> dict:
@@ -66,9 +80,9 @@ def run(settings: DecontaminateSettings, out_dir: Path, selected: Path, **test_s
             f"test set {name!r} question {test_id!r} shares the {gram_name(settings.ngram)} {gram!r}"
             + (f" (and {more} more test question{'s' * (more > 1)})" if more else "")
         )
-    write_table(take(table, kept), out_dir / "selected.parquet", SELECTED)
+    STAGE.write(out_dir, "selected", take(table, kept))
     ledger = rejections_table("decontaminate", table, removed, ["contaminated"] * len(removed), details)
-    write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
+    STAGE.write(out_dir, "rejections", ledger)
     rows = [
         {
             "question_id": train_id,
@@ -80,7 +94,7 @@ def run(settings: DecontaminateSettings, out_dir: Path, selected: Path, **test_s
         }
         for train_id, name, test_id, gram in overlaps
     ]
-    write_table(rows, out_dir / "overlaps.parquet", OVERLAPS)
+    STAGE.write(out_dir, "overlaps", rows)
     return {
         "rows_in": table.num_rows,
         "rows_out": len(kept),

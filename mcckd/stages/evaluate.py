@@ -4,9 +4,9 @@
 In: a model source (:mod:`mcckd.models`) and one test set per name (``--in NAME=PATH``), in any
 format :mod:`mcckd.readers` reads (GSM8K jsonl, the MCC-KD JSON files, JSONL/Parquet with field
 names given, a ``datasets`` folder). The model is asked as it was trained (:mod:`mcckd.rendering`:
-its chat template, or the plain prompt file), with the prompt's token ids. Out:
-``predictions.parquet`` (one row per question: every generation, the voted answer, whether it is
-correct, whether there was an answer at all) and ``accuracy.json`` ({set: accuracy}). Accuracy is
+its chat template, or the plain prompt file), with the prompt's token ids. Out (``STAGE.outputs``):
+the predictions (one row per question: every generation, the voted answer, whether it is correct,
+whether there was an answer at all) and the accuracy per set. Accuracy is
 over all questions of a set: an unanswered question counts as wrong, and the summary reports the
 unanswered share next to it.
 """
@@ -17,33 +17,48 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from data_schemas import PREDICTIONS, InputError, write_table
+from data_schemas import PREDICTIONS, InputError
 from mcckd import readers
 from mcckd.answers import answer_kind, answers_match, extract_answer
 from mcckd.generation import VllmSettings, open_llm
 from mcckd.rendering import ChatSettings, Renderer
+from mcckd.settings import Settings
+from mcckd.stages.spec import Output, StageSpec
 
-STAGE_VERSION = 5
 
-
-class EvaluateSettings(BaseModel):
-    model: Path
-    model_name: str
-    template: str = "student"  # the plain prompt file, for models without a chat template
-    cot_format: str = "any"  # fills {style} in templates that have it (the demo teacher's)
-    chat: ChatSettings = ChatSettings()  # models with a chat template: as the student was trained
+class EvaluateSettings(Settings):
+    model: Path = Field(description="the model folder (or a GGUF file / named source) to evaluate")
+    model_name: str = Field(description="the model's name in the predictions and the report")
+    template: str = Field("student", description="the plain prompt file, for models without a chat template")
+    cot_format: str = Field("any", description="fills {style} in templates that have it (the demo teacher's)")
+    chat: ChatSettings = Field(ChatSettings(), description="models with a chat template: as the student was trained")
     fields: dict[str, dict[str, str]] = Field(
         {}, description="test set name -> {our field (question, answer, id): the file's column}"
     )
     max_questions: int | None = Field(None, ge=1, description="only the first N questions of each test set")
-    max_tokens: int = 192
+    max_tokens: int = Field(192, ge=1, description="longest answer generated")
     samples: int = Field(1, ge=1, description="1 = greedy; n > 1 = self-consistency, majority vote over n samples")
     temperature: float = Field(0.7, gt=0, description="sampling temperature of self-consistency (unused when greedy)")
-    seed: int = 0
-    vllm: VllmSettings = VllmSettings()
+    seed: int = Field(0, ge=0, description="the engine's and self-consistency sampling's seed")
+    vllm: VllmSettings = Field(VllmSettings(), description="the evaluation engine (KV cache, dtype, parallelism)")
+
+
+STAGE = StageSpec(
+    name="evaluate",
+    settings=EvaluateSettings,
+    version=5,
+    inputs=(),
+    test_sets=True,
+    outputs={
+        "accuracy": Output("accuracy.json", description="{test set: accuracy}"),
+        "predictions": Output("predictions.parquet", PREDICTIONS, "one row per question: generations, answer, correct"),
+    },
+    uses_accelerator=True,
+    retries=1,
+)
 
 
 def read_questions(path: Path, fields: dict[str, str] | None = None) -> list[dict]:
@@ -109,8 +124,8 @@ def run(settings: EvaluateSettings, out_dir: Path, **test_sets: Path) -> dict:
             rows += mine
             accuracy[name] = sum(r["correct"] for r in mine) / len(mine) if mine else 0.0
             unanswered[name] = sum(not r["answered"] for r in mine) / len(mine) if mine else 0.0
-    write_table(rows, out_dir / "predictions.parquet", PREDICTIONS)
-    (out_dir / "accuracy.json").write_text(json.dumps(accuracy, indent=2))
+    STAGE.write(out_dir, "predictions", rows)
+    STAGE.path(out_dir, "accuracy").write_text(json.dumps(accuracy, indent=2))
     return {
         "chat_template": renderer.chat,
         "accuracy": accuracy,

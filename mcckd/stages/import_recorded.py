@@ -1,4 +1,4 @@
-"""Stage 1 (alternative to sample): import rationales people already have into ``samples.parquet``.
+"""Stage 1 (alternative to sample): import rationales people already have as samples.
 
 Reads what :mod:`mcckd.readers` reads: the MCC-KD authors' JSON (``instruction``, ``output`` list,
 ``label``), single-rationale ``{instruction, output}`` lists (arXiv 2502.18001's files), GSM8K as
@@ -26,18 +26,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from data_schemas import REJECTIONS, SAMPLES, rejection, write_table
+from data_schemas import rejection
 from mcckd.readers import RecordedDataError as RecordedDataError  # raised here; callers catch it from this module
 from mcckd.readers import field_error, field_names, question_key, read_labels, read_record, read_records
+from mcckd.settings import Settings
+from mcckd.stages.spec import LEDGER, SAMPLES_FILE, StageSpec
 from mcckd.store import path_fingerprint
 
-STAGE_VERSION = 4
 
-
-class ImportSettings(BaseModel):
+class ImportSettings(Settings):
     teacher_name: str = "recorded"
     granularity: str = "unknown"
     cot_format: str = "unknown"
@@ -55,6 +55,17 @@ class ImportSettings(BaseModel):
     def _known_fields(cls, fields: dict[str, str]) -> dict[str, str]:
         field_names(fields)  # raises naming an unknown field
         return fields
+
+
+STAGE = StageSpec(
+    name="import",
+    settings=ImportSettings,
+    version=4,
+    inputs=("recorded",),
+    optional_inputs=("labels",),
+    user_files=("recorded", "labels"),
+    outputs={"samples": SAMPLES_FILE, "rejections": LEDGER},
+)
 
 
 def run(settings: ImportSettings, out_dir: Path, recorded: Path, labels: Path | None = None) -> dict:
@@ -106,8 +117,8 @@ def run(settings: ImportSettings, out_dir: Path, recorded: Path, labels: Path | 
                     "seed": -1,
                 }
             )
-    write_table(rows, out_dir / "samples.parquet", SAMPLES)
-    write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
+    STAGE.write(out_dir, "samples", rows)
+    STAGE.write(out_dir, "rejections", ledger)
     return {
         "rows_in": len(rows) + len(ledger),
         "rows_out": len(rows),

@@ -1,7 +1,7 @@
 """Stage 2, judge: read the final answer each rationale commits to and compare it with the gold answer.
 
-In: ``samples.parquet`` (``SAMPLES``). Out: ``judged.parquet`` (every sample with its read answer and
-a verdict) and ``rejections.parquet`` (the ledger: every non-correct row and why). Verdicts, checked
+In: the samples (``SAMPLES``). Out (``STAGE.outputs``): every sample with its read answer and a
+verdict, and the rejection ledger (every non-correct row and why). Verdicts, checked
 in this order: truncated, empty, over_long, duplicate, no_gold_answer, bad_label (the gold answer is
 not an answer of any kind), no_answer, ambiguous_answer (it commits to two different answers),
 wrong_answer, correct. Answers are read by :func:`mcckd.answers.read_answer`, the same code that
@@ -21,21 +21,37 @@ from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import Field
 from tqdm.auto import tqdm
 
-from data_schemas import JUDGED, REJECTIONS, SAMPLES, InputError, read_table, rejections_table, write_table
+from data_schemas import JUDGED, SAMPLES, InputError, read_table, rejections_table
 from mcckd.answers import answer_kind, answers_match, read_answer
-
-STAGE_VERSION = 3
+from mcckd.settings import Settings
+from mcckd.stages.spec import LEDGER, Output, StageSpec
 
 SAMPLE_KEY = ("question_id", "teacher", "template", "granularity", "cot_format", "sample_index")
 
 
-class JudgeSettings(BaseModel):
-    reject_truncated: bool = True  # a rationale cut by max_tokens may end on a half-written answer
-    max_rationale_chars: int = 8000
-    workers: int = 0  # processes reading answers; 0 = one per CPU core (used from PARALLEL_FROM rows)
+class JudgeSettings(Settings):
+    reject_truncated: bool = Field(
+        True, description="reject a rationale cut by max_tokens (it may end on a half-written answer)"
+    )
+    max_rationale_chars: int = Field(8000, ge=1, description="longer rationales are rejected (over_long)")
+    workers: int = Field(
+        0, ge=0, description="processes reading answers; 0 = one per CPU core (used from PARALLEL_FROM rows)"
+    )
+
+
+STAGE = StageSpec(
+    name="judge",
+    settings=JudgeSettings,
+    version=3,
+    inputs=("samples",),
+    outputs={
+        "judged": Output("judged.parquet", JUDGED, "every sample with its read answer and verdict"),
+        "rejections": LEDGER,
+    },
+)
 
 
 _kind = lru_cache(maxsize=65536)(answer_kind)  # many samples share one gold answer
@@ -158,10 +174,10 @@ def run(settings: JudgeSettings, out_dir: Path, samples: Path) -> dict:
         verdicts[i], predicted[i], details[i] = v, p, d
     judged = table.append_column("predicted_answer", pa.array(predicted, pa.string()))
     judged = judged.append_column("verdict", pa.array(verdicts, pa.string()))
-    write_table(judged, out_dir / "judged.parquet", JUDGED)
+    STAGE.write(out_dir, "judged", judged)
     rejected = [i for i, v in enumerate(verdicts) if v != "correct"]
     ledger = rejections_table("judge", table, rejected, [verdicts[i] for i in rejected], [details[i] for i in rejected])
-    write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
+    STAGE.write(out_dir, "rejections", ledger)
     counts = Counter(verdicts)
     return {
         "rows_in": len(verdicts),

@@ -13,17 +13,25 @@ from __future__ import annotations
 from itertools import groupby
 from pathlib import Path
 
-from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from data_schemas import SELECTED, TRAINSET, read_table, write_table
+from data_schemas import SELECTED, TRAINSET, read_table
 from mcckd.answers import canonical_answer, canonical_answer_sentence, final_statement_start
+from mcckd.settings import Settings
+from mcckd.stages.spec import Output, StageSpec
 
-STAGE_VERSION = 2
 
-
-class MaterializeSettings(BaseModel):
+class MaterializeSettings(Settings):
     """No settings yet: the canonical sentence is fixed by ``mcckd.answers``; the model keeps the stage uniform."""
+
+
+STAGE = StageSpec(
+    name="materialize",
+    settings=MaterializeSettings,
+    version=2,
+    inputs=("selected",),
+    outputs={"trainset": Output("train.parquet", TRAINSET, "one row per question: its K rationales, answer spans")},
+)
 
 
 def with_answer_sentence(rationale: str, answer: str) -> tuple[str, tuple[int, int], bool]:
@@ -66,7 +74,7 @@ def run(settings: MaterializeSettings, out_dir: Path, selected: Path) -> dict:
                 "sample_indices": [r["sample_index"] for r in group],
             }
         )
-    write_table(out, out_dir / "train.parquet", TRAINSET)
+    STAGE.write(out_dir, "trainset", out)
     return {
         "rows_in": len(rows),
         "rows_out": sum(len(r["rationales"]) for r in out),

@@ -1,10 +1,10 @@
 """Stage 1, sample: each teacher writes N rationales per (question, prompt), written shard by shard.
 
 In: questions with gold answers, in any format :mod:`mcckd.readers` reads (Parquet with the
-``QUESTIONS`` schema, GSM8K jsonl, the MCC-KD JSON files, ...). Out: ``samples.parquet`` (``SAMPLES``), exactly
-one row per (question, teacher, prompt, sample index), with the teacher's identity, template, CoT
+``QUESTIONS`` schema, GSM8K jsonl, the MCC-KD JSON files, ...). Out (``STAGE.outputs``): the samples
+(``SAMPLES``), exactly one row per (question, teacher, prompt, sample index), with the teacher's identity, template, CoT
 format and granularity, sampling parameters, finish reason and token counts on every row; and
-``throughput.json`` (prompts/s, generated tokens/s and token totals per teacher).
+the throughput (prompts/s, generated tokens/s and token totals per teacher).
 
 Resumable: each shard (``shard_size`` questions x one teacher x one prompt) is written to the work
 folder the moment it completes; a killed run's next attempt generates only the missing shards.
@@ -23,32 +23,36 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from data_schemas import SAMPLES, write_table
 from mcckd.prompts import load_prompt, render
 from mcckd.readers import read_questions
+from mcckd.settings import Settings
+from mcckd.stages.spec import SAMPLES_FILE, Output, StageSpec
 from mcckd.store import fingerprint, write_progress
 from mcckd.teachers import Completion, Request, Sampling, TeacherSpec, run_teacher, teacher_fingerprint
 
-STAGE_VERSION = 3
 
-
-class PromptSpec(BaseModel):
+class PromptSpec(Settings):
     """A template file in ``prompts/`` (zero- or few-shot) and the two CoT factors of arXiv 2502.18001."""
 
-    template: str = "demo_teacher"
-    cot_format: str = "any"  # plain, subq (sub-question chains), rar (rephrase and respond), symbolic
-    granularity: str = "any"  # terse (1) to detailed (3)
+    template: str = Field("demo_teacher", description="the prompt file in prompts/ (without .txt)")
+    cot_format: str = Field(
+        "any", description="plain, subq (sub-question chains), rar (rephrase and respond), symbolic"
+    )
+    granularity: str = Field("any", description="terse (1) to detailed (3)")
 
 
-class SampleSettings(BaseModel):
-    teachers: list[TeacherSpec]
-    prompts: list[PromptSpec] = [PromptSpec()]
-    num_samples: int = 4
-    sampling: Sampling = Sampling()
-    seed: int = 0
-    shard_size: int = 64  # questions per shard: the unit written to disk, and the most a kill loses
+class SampleSettings(Settings):
+    teachers: list[TeacherSpec] = Field(description="the teachers, with distinct names")
+    prompts: list[PromptSpec] = Field([PromptSpec()], description="prompts each teacher answers every question with")
+    num_samples: int = Field(4, ge=1, description="rationales per question, teacher and prompt")
+    sampling: Sampling = Field(Sampling(), description="the teachers' decoding")
+    seed: int = Field(0, description="with the question id, each question's sampling seed")
+    shard_size: int = Field(
+        64, ge=1, description="questions per shard: the unit written to disk, and the most a kill loses"
+    )
     max_questions: int | None = Field(None, ge=1, description="only the file's first N questions (a quick run)")
     engines: int = Field(
         1,
@@ -66,6 +70,22 @@ class SampleSettings(BaseModel):
         if len({p.model_dump_json() for p in self.prompts}) != len(self.prompts):
             raise ValueError("the same prompt is listed twice")
         return self
+
+
+STAGE = StageSpec(
+    name="sample",
+    settings=SampleSettings,
+    version=3,
+    inputs=("questions",),
+    user_files=("questions",),
+    outputs={
+        "samples": SAMPLES_FILE,
+        "throughput": Output("throughput.json", description="prompts/s, generated tokens/s and totals per teacher"),
+    },
+    uses_accelerator=True,
+    resumable=True,
+    retries=1,
+)
 
 
 def request_seed(base_seed: int, question_id: str) -> int:
@@ -177,9 +197,9 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
             run_teacher(teacher, settings.sampling, requests, write_shard)
     samples = pa.concat_tables([pq.read_table(s.path, schema=SAMPLES) for s in all_shards])
     check_exactly_once(samples, len(table) * len(settings.prompts) * len(settings.teachers) * settings.num_samples)
-    write_table(samples, out_dir / "samples.parquet", SAMPLES)
+    STAGE.write(out_dir, "samples", samples)
     throughput = teacher_throughput(samples, progress.seconds)
-    (out_dir / "throughput.json").write_text(json.dumps(throughput, indent=2))
+    STAGE.path(out_dir, "throughput").write_text(json.dumps(throughput, indent=2))
     return {
         "questions": len(table),
         "teachers": [t.name for t in settings.teachers],

@@ -9,7 +9,7 @@ average to the others, then repeatedly add the one whose highest similarity to t
 is lowest. Questions with fewer than K correct
 rationales follow ``fewer_than_k``: "keep" them with what they have (one rationale still teaches
 through cross-entropy, it just adds no consistency pair) or "drop" them; either way the outcome is
-recorded per question in ``outcomes.parquet`` and every unselected rationale gets a ledger row.
+recorded per question (the ``outcomes`` output) and every unselected rationale gets a ledger row.
 """
 
 from __future__ import annotations
@@ -21,30 +21,46 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from data_schemas import (
     JUDGED,
-    REJECTIONS,
-    SELECTED,
     SELECTION_OUTCOMES,
     read_table,
     rejections_table,
     take,
-    write_table,
 )
+from mcckd.settings import Settings
+from mcckd.stages.spec import LEDGER, SELECTED_FILE, Output, StageSpec
 
-STAGE_VERSION = 3
+
+class SelectSettings(Settings):
+    k: int = Field(3, ge=1, description="diverse correct rationales kept per question (K)")
+    ngram: int = Field(3, ge=1, description="words per n-gram of the jaccard and minhash similarities")
+    similarity: Literal["jaccard", "minhash", "embedding"] = Field(
+        "jaccard", description="jaccard: exact word n-gram Jaccard; minhash: its estimate; embedding: cosine"
+    )
+    num_perm: int = Field(
+        64, ge=1, description="MinHash permutations: the estimate's standard error is about 1/sqrt(num_perm)"
+    )
+    embedding_model: Path | None = Field(None, description="an encoder folder; None = the packaged all-MiniLM-L6-v2")
+    fewer_than_k: Literal["keep", "drop"] = Field(
+        "keep", description="questions with fewer than K correct rationales: keep what they have, or drop them"
+    )
 
 
-class SelectSettings(BaseModel):
-    k: int = 3
-    ngram: int = 3
-    similarity: Literal["jaccard", "minhash", "embedding"] = "jaccard"
-    num_perm: int = 64  # MinHash permutations: the estimate's standard error is about 1/sqrt(num_perm)
-    embedding_model: Path | None = None  # an encoder folder; None = the packaged all-MiniLM-L6-v2
-    fewer_than_k: Literal["keep", "drop"] = "keep"
+STAGE = StageSpec(
+    name="select",
+    settings=SelectSettings,
+    version=3,
+    inputs=("judged",),
+    outputs={
+        "selected": SELECTED_FILE,
+        "rejections": LEDGER,
+        "outcomes": Output("outcomes.parquet", SELECTION_OUTCOMES, "per question: correct, selected, outcome"),
+    },
+)
 
 
 def word_ngrams(text: str, n: int) -> frozenset[tuple[str, ...]]:
@@ -163,10 +179,10 @@ def run(settings: SelectSettings, out_dir: Path, judged: Path) -> dict:
         outcomes.append({"question_id": qid, "correct": len(rows), "selected": len(picks), "outcome": outcome})
     selected = take(table, picked).append_column("selection_rank", pa.array(ranks, pa.int32()))
     selected = selected.append_column("max_similarity", pa.array(max_sims, pa.float32()))
-    write_table(selected, out_dir / "selected.parquet", SELECTED)
+    STAGE.write(out_dir, "selected", selected)
     ledger = rejections_table("select", table, dropped, drop_reasons, drop_details)
-    write_table(ledger, out_dir / "rejections.parquet", REJECTIONS)
-    write_table(outcomes, out_dir / "outcomes.parquet", SELECTION_OUTCOMES)
+    STAGE.write(out_dir, "rejections", ledger)
+    STAGE.write(out_dir, "outcomes", outcomes)
     multi = {o["question_id"] for o in outcomes if o["selected"] >= 2}
     qids = selected.column("question_id").to_pylist()
     sims = [s for q, s in zip(qids, max_sims, strict=True) if q in multi]

@@ -1,11 +1,10 @@
 """Stage 5, train: fine-tune the student on the materialized rationales.
 
-In: ``train.parquet`` (``TRAINSET``) and a base model folder. Out: ``model/`` (weights +
-tokenizer; the best dev checkpoint when there is a dev split), ``rendered_examples.txt`` (the
-first questions as the student reads them, loss mask marked), ``train_log.parquet`` (CE and
-consistency per step), ``dev_log.parquet``, ``loss.png``, and ``rejections.parquet`` for
-rationales the student's tokenizer could not align. Std-CoT is ``alpha = 0``; MCC-KD adds alpha x
-the answer-span consistency between a question's rationales.
+In: the training set (``TRAINSET``) and a base model folder. Out (``STAGE.outputs``): the model
+(weights + tokenizer; the best dev checkpoint when there is a dev split), the first questions as
+the student reads them (loss mask marked), the CE and consistency per step, the dev log, the loss
+plot, and the ledger of rationales the student's tokenizer could not align. Std-CoT is
+``alpha = 0``; MCC-KD adds alpha x the answer-span consistency between a question's rationales.
 
 Checkpoints live in the work folder, so a killed run resumes. Many GPUs (or CPU processes):
 ``processes = N`` (the flow runs ``torch.distributed.run --nproc_per_node N -m mcckd train``), DDP;
@@ -18,24 +17,44 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import Field
 
-from data_schemas import DEV_LOG, REJECTIONS, TRAIN_LOG, TRAINSET, read_table, rejection, write_table
+from data_schemas import DEV_LOG, TRAIN_LOG, TRAINSET, read_table, rejection
 from mcckd.rendering import ChatSettings
+from mcckd.settings import Settings
+from mcckd.stages.spec import LEDGER, Output, StageSpec
 from mcckd.training.config import TrainConfig
 
 if TYPE_CHECKING:  # torch and transformers load only when a training runs (the flows import this module)
     from mcckd.rendering import Example, Renderer
 
-STAGE_VERSION = 3
+
+class TrainSettings(Settings):
+    base_model: Path = Field(description="a model folder, a GGUF file or a named source (mcckd.models)")
+    template: str = Field("student", description="the plain prompt file, for students without a chat template")
+    chat: ChatSettings = Field(ChatSettings(), description="students with a chat template: system turn, instruction")
+    loop: TrainConfig = Field(TrainConfig(), description="the training loop (alpha 0 = Std-CoT, > 0 = MCC-KD)")
+    processes: int = Field(1, ge=1, description="> 1: the flow launches DDP with torch.distributed.run (one per GPU)")
 
 
-class TrainSettings(BaseModel):
-    base_model: Path  # a model folder, a GGUF file or a named source (mcckd.models)
-    template: str = "student"  # the plain prompt file, for students without a chat template
-    chat: ChatSettings = ChatSettings()  # students with a chat template: system turn, instruction
-    loop: TrainConfig = TrainConfig()
-    processes: int = 1  # > 1: the flow launches DDP with torch.distributed.run (one per GPU)
+STAGE = StageSpec(
+    name="train",
+    settings=TrainSettings,
+    version=3,
+    inputs=("trainset",),
+    outputs={
+        "model": Output("model", description="weights and tokenizer (the best dev checkpoint with a dev split)"),
+        "rejections": LEDGER,
+        "rendered_examples": Output(
+            "rendered_examples.txt", description="the first questions, as the student reads them"
+        ),
+        "train_log": Output("train_log.parquet", TRAIN_LOG, "cross-entropy and consistency per step"),
+        "dev_log": Output("dev_log.parquet", DEV_LOG, "dev loss at each evaluation"),
+        "loss_plot": Output("loss.png", description="the losses over steps"),
+    },
+    uses_accelerator=True,
+    resumable=True,
+)
 
 
 def examples_from_trainset(rows: list[dict], renderer: Renderer) -> list[Example]:
@@ -91,13 +110,9 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
     renderer = Renderer(tokenizer, settings.template, settings.chat, source=str(base))
     examples = examples_from_trainset(rows, renderer)
     groups, rejected = encode_groups(tokenizer, examples, settings.loop.max_length)
-    write_table(
-        [rejection("train", r.group, r.reason, r.detail) for r in rejected],
-        out_dir / "rejections.parquet",
-        REJECTIONS,
-    )
+    STAGE.write(out_dir, "rejections", [rejection("train", r.group, r.reason, r.detail) for r in rejected])
     shown = [show_loss_mask(tokenizer, group[0]) for group in groups[:3]]
-    (out_dir / "rendered_examples.txt").write_text("\n\n=====\n\n".join(shown) + "\n")
+    STAGE.path(out_dir, "rendered_examples").write_text("\n\n=====\n\n".join(shown) + "\n")
     train, dev = split_dev(groups, settings.loop.dev_fraction)
     if not train:
         raise ValueError(f"{trainset}: no trainable question left ({len(rejected)} rejected, {len(dev)} in dev)")
@@ -105,11 +120,11 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
     result = train_causal_lm(
         model, pad_id(tokenizer), train, settings.loop, work_dir, dev, desc=f"train alpha={settings.loop.alpha}"
     )
-    result.model.save_pretrained(str(out_dir / "model"))
-    tokenizer.save_pretrained(str(out_dir / "model"))
-    write_table(pa.Table.from_pylist(result.log, schema=TRAIN_LOG), out_dir / "train_log.parquet", TRAIN_LOG)
-    write_table(pa.Table.from_pylist(result.dev_log, schema=DEV_LOG), out_dir / "dev_log.parquet", DEV_LOG)
-    plot_losses(result.log, result.dev_log, out_dir / "loss.png")
+    result.model.save_pretrained(str(STAGE.path(out_dir)))
+    tokenizer.save_pretrained(str(STAGE.path(out_dir)))
+    STAGE.write(out_dir, "train_log", pa.Table.from_pylist(result.log, schema=TRAIN_LOG))
+    STAGE.write(out_dir, "dev_log", pa.Table.from_pylist(result.dev_log, schema=DEV_LOG))
+    plot_losses(result.log, result.dev_log, STAGE.path(out_dir, "loss_plot"))
     return {
         "chat_template": renderer.chat,
         "questions": len(train),

@@ -14,6 +14,8 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from mcckd.training import uses_consistency_term
+
 IGNORE_INDEX = -100
 CHUNK_TOKENS = 1024  # rows of logits alive at once in the chunked cross-entropy (x V x ~8 bytes)
 
@@ -222,10 +224,10 @@ def with_consistency(
 ) -> LossParts:
     """MCC-KD from an already reduced cross-entropy (dense or chunked): CE + alpha x consistency.
 
-    With ``alpha == 0`` the consistency term is not computed and the loss is exactly Std-CoT
-    (``span_logits`` may then be an empty tensor).
+    Without the consistency term (``alpha == 0``: :func:`mcckd.training.uses_consistency_term`) it is
+    not computed and the loss is exactly Std-CoT (``span_logits`` may then be an empty tensor).
     """
-    if alpha == 0:
+    if not uses_consistency_term(alpha):
         return LossParts(cross_entropy, cross_entropy, cross_entropy.new_zeros(()))
     consistency = answer_consistency(span_logits, span_mask, pairs, temperature)
     return LossParts(cross_entropy + alpha * consistency, cross_entropy, consistency)

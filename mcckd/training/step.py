@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from mcckd.training import uses_consistency_term
 from mcckd.training.loss import (
     IGNORE_INDEX,
     LossParts,
@@ -169,7 +170,7 @@ def step_losses(
     (N x S rows), so the consistency term adds no logits-sized tensor.
     """
     sequence_ids = t.get("sequence_ids")
-    consistent = alpha > 0
+    consistent = uses_consistency_term(alpha)
     if chunked:
         hidden = final_hidden_states(model, t)
         weight, bias = head_weights(lm_head)
