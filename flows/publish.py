@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.plan import StageCall
-from mcckd import report
+from mcckd import report, sweep
 from mcckd.stages import output
 
 
@@ -83,3 +83,20 @@ def publish_report(report_dir: Path, report_path: Path, metrics: dict) -> None:
             key=f"plot-{plot.removesuffix('.png').replace('_', '-')}",
             description=f"{plot} ({report_dir})",
         )
+
+
+def publish_sweep(report_dir: Path, report_path: Path, summary: dict) -> None:
+    """The sweep's data per cell, its results, its report and the heatmaps."""
+    create_table_artifact(key="sweep-data", table=summary["data"], description="per cell: the training set it made")
+    create_table_artifact(
+        key="sweep-results", table=sweep.result_rows(summary["results"]), description="per (cell, method)"
+    )
+    markdown = report.inline_images(report_path.read_text(), report_dir)
+    create_markdown_artifact(key="sweep-report", markdown=markdown, description=str(report_path))
+    if summary["results"]:
+        for name in summary["test_sets"]:
+            create_image_artifact(
+                image_url=report.data_url(report_dir / sweep.heatmap_file(name)),
+                key=f"sweep-heatmap-{name.replace('_', '-').lower()}",
+                description=f"accuracy on {name} by granularity x format ({report_dir})",
+            )

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from prefect import flow
-from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
@@ -38,7 +37,7 @@ from flows.plan import (
     train_call,
     trained_model,
 )
-from flows.publish import publish_plan
+from flows.publish import publish_plan, publish_sweep
 from flows.runner import announce, run_call, run_curation, run_side_by_side
 from mcckd import plots, report, sweep
 from mcckd.paths import PROJECT_ROOT
@@ -214,60 +213,33 @@ def cot_sweep(config: SweepConfig) -> dict:
     data_rows = [sweep.data_statistics(d, tokenizer) for d in data.values()]
     empty = [d.cell for d in data.values() if report.stage_summary(d.trainset)["questions"] == 0]  # in cell order
     left_out += [f"{c.name}: no training data (every rationale was rejected; see its ledger)" for c in empty]
+    consistency = [name for name, m in config.methods.items() if m.train.loop.uses_consistency]
+    warnings = [
+        f"{cell.name}: {line}"
+        for cell, d in data.items()
+        if cell not in empty
+        for line in report.training_set_warnings(d.trainset, consistency, config.min_rationales)
+    ]
+    for line in warnings:
+        tqdm.write(f"warning: {line}")
     trains = {run: call for run, call in p.trains.items() if run[0] not in empty}
     trained = run_side_by_side(config, trains, config.parallel_trains)
     # The references are read against the students: none trained, none evaluated.
     evaluations = (p.references if trains else {}) | {run: p.evaluations[run] for run in trains}
     evaluated = run_side_by_side(config, evaluations, config.parallel_evals)
-    evals: report.EvalDirs = {}
-    for key, ref in evaluated.items():
-        if key in p.references:
-            evals[key[0]] = {None: ref.path}
 
     cell_runs: dict[tuple[sweep.Cell, str], sweep.CellRuns] = {}
     for (cell, method, seed), ref in trained.items():
         entry = cell_runs.setdefault((cell, method), sweep.CellRuns(cell, method))
         entry.train[seed] = ref.path
         entry.evaluate[seed] = evaluated[cell, method, seed].path
+    references = {key[0]: ref.path for key, ref in evaluated.items() if key in p.references}
     test_sets = sorted(config.test_sets, key=plots.set_order)
     rank_on = config.rank_on or next(iter(config.test_sets), None)
-    results = sweep.results(list(cell_runs.values()), test_sets)
-    best = sweep.best_cells(list(cell_runs.values()), results, test_sets)
-    references = {  # the teachers and the untrained base on the same test sets
-        name: {s: float(ok.mean()) for s, (_, ok, _) in report.correctness(by_seed[None]).items()}
-        for name, by_seed in evals.items()
-        if None in by_seed
-    }
-    summary = {
-        "test_sets": test_sets,
-        "rank_on": rank_on,
-        "data": data_rows,
-        "results": results,
-        "best": best,
-        "references": references,
-        "recommendation": sweep.recommendation(best, rank_on),
-        "left_out": left_out,
-    }
-    config.report_dir.mkdir(parents=True, exist_ok=True)
-    if results:
-        for name in test_sets:
-            untrained = references.get(report.UNTRAINED, {}).get(name)
-            plots.plot_sweep_heatmaps(
-                results, list(data), name, config.report_dir / sweep.heatmap_file(name), untrained
-            )
-    path = sweep.write_report(config.report_dir, rows, summary)
-
-    create_table_artifact(key="sweep-data", table=data_rows, description="per cell: the training set it made")
-    create_table_artifact(key="sweep-results", table=sweep.result_rows(results), description="per (cell, method)")
-    markdown = report.inline_images(path.read_text(), config.report_dir)
-    create_markdown_artifact(key="sweep-report", markdown=markdown, description=str(path))
-    if results:
-        for name in test_sets:
-            create_image_artifact(
-                image_url=report.data_url(config.report_dir / sweep.heatmap_file(name)),
-                key=f"sweep-heatmap-{name.replace('_', '-').lower()}",
-                description=f"accuracy on {name} by granularity x format ({config.report_dir})",
-            )
+    summary = sweep.summarize(list(cell_runs.values()), references, test_sets, rank_on)
+    summary |= {"data": data_rows, "left_out": left_out, "warnings": warnings}
+    path = sweep.write_report(config.report_dir, rows, summary, cells=list(data))
+    publish_sweep(config.report_dir, path, summary)
     return summary
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from mcckd import report, stats
+from mcckd import plots, report, stats
 from mcckd.stages import output
 from mcckd.store import read_manifest
 
@@ -270,12 +270,38 @@ def best_table(best: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(report_dir: Path, plan: list[dict], summary: dict) -> Path:
-    """sweep.json and sweep.md (with the heatmaps already written beside them)."""
+def summarize(all_runs: list[CellRuns], references: dict[str, Path], test_sets: list[str], rank_on: str) -> dict:
+    """The sweep's figures: per (cell, method) accuracy, the best cells against their runner-ups,
+    the reference models' accuracy (``references``: name -> evaluate folder), and the advice."""
+    results_ = results(all_runs, test_sets)
+    best = best_cells(all_runs, results_, test_sets)
+    return {
+        "test_sets": test_sets,
+        "rank_on": rank_on,
+        "results": results_,
+        "best": best,
+        "references": {
+            name: {s: float(ok.mean()) for s, (_, ok, _) in report.correctness(folder).items()}
+            for name, folder in references.items()
+        },
+        "recommendation": recommendation(best, rank_on),
+    }
+
+
+def write_report(report_dir: Path, plan: list[dict], summary: dict, cells: list[Cell]) -> Path:
+    """sweep.json, the heatmaps (one per test set) and sweep.md."""
     report_dir.mkdir(parents=True, exist_ok=True)
+    untrained = summary["references"].get(report.UNTRAINED, {})
+    if summary["results"]:
+        for name in summary["test_sets"]:
+            path = report_dir / heatmap_file(name)
+            plots.plot_sweep_heatmaps(summary["results"], cells, name, path, untrained.get(name))
     (report_dir / "sweep.json").write_text(json.dumps(summary | {"plan": plan}, indent=2, default=str))
     test_sets = summary["test_sets"]
-    parts = ["# CoT-factor sweep", "", "## Recommendation", ""]
+    parts = ["# CoT-factor sweep", ""]
+    if summary.get("warnings"):
+        parts += ["## Warnings", "", *[f"- {line}" for line in summary["warnings"]], ""]
+    parts += ["## Recommendation", ""]
     parts += [f"- {line}" for line in summary["recommendation"]] or ["No student was trained: data statistics only."]
     parts += ["", "## Data per cell", "", data_table(summary["data"]), ""]
     parts += [

@@ -75,13 +75,13 @@ def test_gsm8k_train_imports_as_recorded_rationales_that_the_judge_reads(tmp_pat
         "import", ImportSettings(teacher_name="gsm8k"), tmp_path / "imp", {"recorded": GSM8K / "train.jsonl"}
     )
     assert summary["samples"] == summary["questions"] == 7473 and summary["unlabelled_questions"] == 0
-    rows = pq.read_table(tmp_path / "imp" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("import", tmp_path / "imp", "samples")).to_pylist()
     assert rows[0]["question_id"] == "train-0" and rows[0]["answer"] == "72"
     assert rows[0]["rationale"] == (
         "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May."
     )
     assert not any("<<" in r["rationale"] or "####" in r["rationale"] for r in rows)
-    judged = execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
+    judged = execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp"})
     assert judged["correct"] / judged["samples"] > 0.98  # the human rationales end on their answer
 
 
@@ -138,7 +138,7 @@ def test_files_with_other_field_names_read_with_a_mapping(tmp_path, suffix):
         {"question_id": "p2", "question": RENAMED[1]["problem"], "answer": "4"},
     ]
     execute("import", ImportSettings(fields=MAPPING), tmp_path / "imp", {"recorded": path})
-    rows = pq.read_table(tmp_path / "imp" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("import", tmp_path / "imp", "samples")).to_pylist()
     assert [(r["question_id"], r["rationale"], r["answer"]) for r in rows] == [
         ("p1", "5 + 3 = 8.", "8"),
         ("p2", "2 + 2 = 4.", "4"),
@@ -161,7 +161,7 @@ def test_a_datasets_folder_imports(tmp_path):
 
     Dataset.from_list([{"question": "Q?", "answer": "A ball.\n#### 3"}]).save_to_disk(str(tmp_path / "hf"))
     execute("import", ImportSettings(), tmp_path / "imp", {"recorded": tmp_path / "hf"})
-    [row] = pq.read_table(tmp_path / "imp" / "samples.parquet").to_pylist()
+    [row] = pq.read_table(output("import", tmp_path / "imp", "samples")).to_pylist()
     assert (row["question_id"], row["answer"], row["rationale"]) == ("hf-0", "3", "A ball.")
 
 
@@ -182,7 +182,7 @@ def test_gsm8k_mark_without_an_answer_stops_import_and_test_reading(tmp_path):
 
 
 def test_a_test_set_without_answers_stops_decontaminate_with_one_line(tmp_path):
-    selected = write_selected(tmp_path / "selected.parquet", [("a", "How many apples does Tom have?")])
+    selected = write_selected(tmp_path / "selected_in.parquet", [("a", "How many apples does Tom have?")])
     test = tmp_path / "questions_only.json"
     test.write_text(json.dumps([{"question": "How many pears?", "id": "t0"}]))
     done = run_cli("decontaminate", {"selected": selected, "bench": test}, tmp_path / "out")
@@ -259,36 +259,36 @@ def test_gsm8k_train_against_test_and_the_mcckd_dev_file(capsys):
 @needs_gsm8k
 def test_gsm8k_train_through_curation_loses_its_test_overlaps(tmp_path):
     execute("import", ImportSettings(teacher_name="gsm8k"), tmp_path / "imp", {"recorded": GSM8K / "train.jsonl"})
-    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
-    execute("select", SelectSettings(), tmp_path / "sel", {"judged": tmp_path / "jud" / "judged.parquet"})
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp"})
+    execute("select", SelectSettings(), tmp_path / "sel", {"judged": tmp_path / "jud"})
     tests = {"gsm8k_test": GSM8K / "test.jsonl", "mcckd_gsm8k_dev": SHARED_DATA / "mcckd" / "GSM8K" / "dev.json"}
     started = time.perf_counter()
     summary = execute(
         "decontaminate",
         DecontaminateSettings(),
         tmp_path / "dec",
-        {"selected": tmp_path / "sel" / "selected.parquet"} | tests,
+        {"selected": tmp_path / "sel"} | tests,
     )
     assert time.perf_counter() - started < 10
     # 90 training questions overlap the test set; one of them has no correct rationale, so was not selected
     assert summary["contaminated"] == {"gsm8k_test": 89, "mcckd_gsm8k_dev": 40}
     assert summary["test_questions"] == {"gsm8k_test": 1319, "mcckd_gsm8k_dev": 660}
     assert summary["rows_in"] == summary["rows_out"] + summary["rejected"] and summary["rejected"] == 89
-    ledger = read_table(tmp_path / "dec" / "rejections.parquet", REJECTIONS).to_pylist()
+    ledger = read_table(output("decontaminate", tmp_path / "dec", "rejections"), REJECTIONS).to_pylist()
     assert len(ledger) == 89 and {r["reason"] for r in ledger} == {"contaminated"}
     assert all(
         re.match(r"test set '\w+' question '[\w-]+' shares the 8-gram '[a-z0-9 ]+'", r["detail"]) for r in ledger
     )
-    overlaps = read_table(tmp_path / "dec" / "overlaps.parquet", OVERLAPS)
+    overlaps = read_table(output("decontaminate", tmp_path / "dec", "overlaps"), OVERLAPS)
     assert overlaps.num_rows == summary["overlaps"]
-    kept = set(pq.read_table(tmp_path / "dec" / "selected.parquet").column("question_id").to_pylist())
+    kept = set(pq.read_table(output("decontaminate", tmp_path / "dec", "selected")).column("question_id").to_pylist())
     assert not kept & {r["question_id"] for r in ledger} and len(kept) == summary["questions_out"] == 7402 - 89
 
 
 @needs_gsm8k
 def test_the_mcckd_gsm8k_dev_file_as_training_data_is_all_contaminated(tmp_path):
     dev = read_questions(SHARED_DATA / "mcckd" / "GSM8K" / "dev.json")
-    selected = write_selected(tmp_path / "selected.parquet", [(q["question_id"], q["question"]) for q in dev])
+    selected = write_selected(tmp_path / "selected_in.parquet", [(q["question_id"], q["question"]) for q in dev])
     summary = execute(
         "decontaminate",
         DecontaminateSettings(),
@@ -296,7 +296,7 @@ def test_the_mcckd_gsm8k_dev_file_as_training_data_is_all_contaminated(tmp_path)
         {"selected": selected, "gsm8k": GSM8K / "test.jsonl"},
     )
     assert summary["contaminated"] == {"gsm8k": 660} and (summary["rows_out"], summary["rejected"]) == (0, 660)
-    assert pq.read_metadata(tmp_path / "dec" / "selected.parquet").num_rows == 0
+    assert pq.read_metadata(output("decontaminate", tmp_path / "dec", "selected")).num_rows == 0
 
 
 # --- the stage on degenerate input -----------------------------------------------------------------
@@ -316,7 +316,7 @@ QUESTIONS = {
 
 @pytest.mark.parametrize("case", sorted(QUESTIONS))
 def test_decontaminate_accounts_for_every_row(tmp_path, case):
-    selected = write_selected(tmp_path / "selected.parquet", QUESTIONS[case], per_question=2)
+    selected = write_selected(tmp_path / "selected_in.parquet", QUESTIONS[case], per_question=2)
     test = tmp_path / "bench.json"
     test.write_text(json.dumps(TEST_SET))
     done = run_cli("decontaminate", {"selected": selected, "bench": test}, tmp_path / "dec")
@@ -326,9 +326,9 @@ def test_decontaminate_accounts_for_every_row(tmp_path, case):
     removed = rows if case == "all_contaminated" else 0
     assert (summary["rows_in"], summary["rows_out"], summary["rejected"]) == (rows, rows - removed, removed)
     assert summary["contaminated"] == {"bench": removed // 2}
-    out = read_table(tmp_path / "dec" / "selected.parquet", SELECTED)
-    ledger = read_table(tmp_path / "dec" / "rejections.parquet", REJECTIONS).to_pylist()
-    overlaps = read_table(tmp_path / "dec" / "overlaps.parquet", OVERLAPS).to_pylist()
+    out = read_table(output("decontaminate", tmp_path / "dec", "selected"), SELECTED)
+    ledger = read_table(output("decontaminate", tmp_path / "dec", "rejections"), REJECTIONS).to_pylist()
+    overlaps = read_table(output("decontaminate", tmp_path / "dec", "overlaps"), OVERLAPS).to_pylist()
     assert out.num_rows == summary["rows_out"] and len(ledger) == summary["rejected"]
     assert len(overlaps) == removed // 2  # one test question, so one pair per contaminated question
     if case == "all_contaminated":
@@ -350,7 +350,7 @@ def test_decontaminate_accounts_for_every_row(tmp_path, case):
 
 
 def test_no_test_set_passes_everything_and_fields_must_name_a_test_set(tmp_path):
-    selected = write_selected(tmp_path / "selected.parquet", QUESTIONS["none_contaminated"])
+    selected = write_selected(tmp_path / "selected_in.parquet", QUESTIONS["none_contaminated"])
     summary = execute("decontaminate", DecontaminateSettings(), tmp_path / "dec", {"selected": selected})
     assert (summary["rows_out"], summary["rejected"], summary["contaminated"]) == (2, 0, {})
     with pytest.raises(InputError, match=r"fields given for \['nope'\]"):
@@ -358,7 +358,7 @@ def test_no_test_set_passes_everything_and_fields_must_name_a_test_set(tmp_path)
 
 
 def test_a_test_set_with_other_field_names_is_read_with_its_mapping(tmp_path):
-    selected = write_selected(tmp_path / "selected.parquet", QUESTIONS["all_contaminated"])
+    selected = write_selected(tmp_path / "selected_in.parquet", QUESTIONS["all_contaminated"])
     test = tmp_path / "bench.jsonl"
     test.write_text(json.dumps({"problem": TEST_SET[0]["question"], "gold": "8"}))
     settings = DecontaminateSettings(ngram=5, fields={"bench": {"question": "problem", "answer": "gold"}})

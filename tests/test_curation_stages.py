@@ -9,7 +9,7 @@ import pytest
 
 from data_schemas import SAMPLES, TRAINSET, SchemaError, read_table, write_table
 from mcckd.__main__ import main as cli
-from mcckd.stages import execute
+from mcckd.stages import execute, output
 from mcckd.stages.judge import JudgeSettings
 from mcckd.stages.materialize import MaterializeSettings, with_answer_sentence
 from mcckd.stages.select import SelectSettings, jaccard_matrix, minhash_matrix, select_diverse, similarity_matrix
@@ -54,7 +54,7 @@ ROWS = [
 
 @pytest.fixture
 def samples_file(tmp_path):
-    return write_table(ROWS, tmp_path / "samples.parquet", SAMPLES)
+    return write_table(ROWS, tmp_path / "samples_in.parquet", SAMPLES)
 
 
 def test_judge_select_materialize(tmp_path, samples_file):
@@ -67,23 +67,25 @@ def test_judge_select_materialize(tmp_path, samples_file):
         "no_answer": 1,
         "truncated": 1,
     }
-    ledger = pq.read_table(judge_dir / "rejections.parquet").to_pylist()
+    ledger = pq.read_table(output("judge", judge_dir, "rejections")).to_pylist()
     assert len(ledger) == len(ROWS) - 5  # every non-correct row has a reason
     assert {r["reason"] for r in ledger} == {"duplicate", "wrong_answer", "no_answer", "truncated"}
 
-    execute("select", SelectSettings(k=3), select_dir, {"judged": judge_dir / "judged.parquet"})
-    selected = pq.read_table(select_dir / "selected.parquet").to_pylist()
+    execute("select", SelectSettings(k=3), select_dir, {"judged": judge_dir})
+    selected = pq.read_table(output("select", select_dir, "selected")).to_pylist()
     kept_a = sorted(r["sample_index"] for r in selected if r["question_id"] == "a")
     # Of the four correct rationales of "a", the two near-identical "Start with 5" ones are the
     # most similar pair: one of them must go.
     assert len(kept_a) == 3 and not {2, 4} <= set(kept_a)
-    outcomes = {r["question_id"]: r["outcome"] for r in pq.read_table(select_dir / "outcomes.parquet").to_pylist()}
+    outcomes = {
+        r["question_id"]: r["outcome"] for r in pq.read_table(output("select", select_dir, "outcomes")).to_pylist()
+    }
     assert outcomes == {"a": "full", "b": "kept_fewer", "c": "no_correct"}
-    select_ledger = pq.read_table(select_dir / "rejections.parquet").to_pylist()
+    select_ledger = pq.read_table(output("select", select_dir, "rejections")).to_pylist()
     assert [(r["question_id"], r["reason"]) for r in select_ledger] == [("a", "not_diverse_enough")]
 
-    execute("materialize", MaterializeSettings(), mat_dir, {"selected": select_dir / "selected.parquet"})
-    train = {r["question_id"]: r for r in pq.read_table(mat_dir / "train.parquet").to_pylist()}
+    execute("materialize", MaterializeSettings(), mat_dir, {"selected": select_dir})
+    train = {r["question_id"]: r for r in pq.read_table(output("materialize", mat_dir, "trainset")).to_pylist()}
     assert set(train) == {"a", "b"}
     for row in train.values():
         for text, span in zip(row["rationales"], row["answer_spans"], strict=True):
@@ -94,12 +96,10 @@ def test_judge_select_materialize(tmp_path, samples_file):
 
 def test_select_drop_policy_records_every_dropped_rationale(tmp_path, samples_file):
     execute("judge", JudgeSettings(), tmp_path / "j", {"samples": samples_file})
-    execute(
-        "select", SelectSettings(k=3, fewer_than_k="drop"), tmp_path / "s", {"judged": tmp_path / "j/judged.parquet"}
-    )
-    outcomes = {r["question_id"]: r for r in pq.read_table(tmp_path / "s/outcomes.parquet").to_pylist()}
+    execute("select", SelectSettings(k=3, fewer_than_k="drop"), tmp_path / "s", {"judged": tmp_path / "j"})
+    outcomes = {r["question_id"]: r for r in pq.read_table(output("select", tmp_path / "s", "outcomes")).to_pylist()}
     assert outcomes["b"]["outcome"] == "dropped_fewer" and outcomes["b"]["selected"] == 0
-    ledger = pq.read_table(tmp_path / "s/rejections.parquet").to_pylist()
+    ledger = pq.read_table(output("select", tmp_path / "s", "rejections")).to_pylist()
     assert ("b", "fewer_than_k") in {(r["question_id"], r["reason"]) for r in ledger}
 
 
@@ -156,9 +156,11 @@ def test_training_set_loads_as_hf_dataset(tmp_path, samples_file):
     from datasets import Dataset
 
     execute("judge", JudgeSettings(), tmp_path / "j", {"samples": samples_file})
-    execute("select", SelectSettings(k=3), tmp_path / "s", {"judged": tmp_path / "j/judged.parquet"})
-    execute("materialize", MaterializeSettings(), tmp_path / "m", {"selected": tmp_path / "s/selected.parquet"})
-    ds = Dataset.from_parquet(str(tmp_path / "m/train.parquet"), cache_dir=str(tmp_path / "hf-cache"))
+    execute("select", SelectSettings(k=3), tmp_path / "s", {"judged": tmp_path / "j"})
+    execute("materialize", MaterializeSettings(), tmp_path / "m", {"selected": tmp_path / "s"})
+    ds = Dataset.from_parquet(
+        str(output("materialize", tmp_path / "m", "trainset")), cache_dir=str(tmp_path / "hf-cache")
+    )
     assert ds.num_rows == 2 and ds.column_names == TRAINSET.names
     row = ds[0]
     assert row["rationales"][0][row["answer_spans"][0]["start"] : row["answer_spans"][0]["end"]] == row["answer"]

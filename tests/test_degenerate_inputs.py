@@ -1,10 +1,11 @@
-"""Degenerate and malformed input through the real command line of import -> judge -> select ->
-decontaminate (no test set: everything passes) -> materialize.
+"""Degenerate and malformed input through import -> judge -> select -> decontaminate (no test set:
+everything passes) -> materialize.
 
-Every case either goes through every stage, each writing a valid (possibly empty) output in which
-rows in = rows out + ledger rows, or stops at one stage with exit status 2 and one line on stderr
-naming the file, the row and the field. Each stage runs as ``python -m mcckd STAGE`` in its own
-process, as a stage container runs it.
+Every degenerate case goes through every stage (called as the command line calls it, in process),
+each writing a valid (possibly empty) output in which rows in = rows out + ledger rows. Every
+malformed case stops at one stage with exit status 2 and one line on stderr naming the file, the
+row and the field: those run as ``python -m mcckd STAGE`` in its own process, as a stage container
+runs it.
 """
 
 from __future__ import annotations
@@ -20,16 +21,27 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_schemas import SAMPLES
+from mcckd.__main__ import parse_settings
 from mcckd.paths import PROJECT_ROOT
+from mcckd.stages import STAGES, execute, output
 from tests.test_curation_stages import sample_row
 
 CHOICES = "Where do you keep money? Answer Choices:\nA. bank\nB. river\nC. tree\nD. cloud\nE. shoe"
-CHAIN = [  # stage, input name, the file of the previous stage it reads, its main output, the unit counted
-    ("import", "recorded", None, "samples.parquet"),
-    ("judge", "samples", "samples.parquet", "judged.parquet"),
-    ("select", "judged", "judged.parquet", "selected.parquet"),
-    ("decontaminate", "selected", "selected.parquet", "selected.parquet"),
-    ("materialize", "selected", "selected.parquet", "train.parquet"),
+PIPELINE = [  # stage, its input name (an input another stage writes is named after that stage's output)
+    ("import", "recorded"),
+    ("judge", "samples"),
+    ("select", "judged"),
+    ("decontaminate", "selected"),
+    ("materialize", "selected"),
+]
+CHAIN = [  # stage, input name, the file of the previous stage it reads, its main output: as declared
+    (
+        stage,
+        name,
+        STAGES[PIPELINE[i - 1][0]].outputs[name].file if i else None,
+        STAGES[stage].outputs[STAGES[stage].main].file,
+    )
+    for i, (stage, name) in enumerate(PIPELINE)
 ]
 
 
@@ -95,21 +107,21 @@ def test_every_stage_accounts_for_every_row(tmp_path, case):
     previous = recorded
     for stage, input_name, _, main in CHAIN:
         out = tmp_path / stage
-        done = run_cli(stage, {input_name: previous}, out, '{"k": 3}' if stage == "select" else None)
-        assert done.returncode == 0, f"{stage} failed on {case}: {done.stderr[-2000:]}"
-        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        # In process, as the CLI calls it (the CLI's own path is tested by the malformed-input cases).
+        settings = parse_settings(stage, '{"k": 3}' if stage == "select" else None)
+        summary = execute(stage, settings, out, {input_name: previous})
         assert summary["rows_in"] == summary["rows_out"] + summary["rejected"], (stage, summary)
-        ledger = out / "rejections.parquet"
-        assert (rows_of(ledger) if ledger.exists() else 0) == summary["rejected"], stage
+        ledger = output(stage, out, "rejections") if "rejections" in STAGES[stage].outputs else None
+        assert (rows_of(ledger) if ledger else 0) == summary["rejected"], stage
         if stage == "materialize":
             rationales = sum(len(r) for r in pq.read_table(out / main, columns=["rationales"]).column(0).to_pylist())
             assert rationales == summary["rows_out"]
         elif stage == "judge":
-            assert rows_of(out / main) == summary["rows_in"]  # judged.parquet keeps every row, with its verdict
+            assert rows_of(out / main) == summary["rows_in"]  # the judged output keeps every row, with its verdict
         else:
             assert rows_of(out / main) == summary["rows_out"]
         previous = out / main
-    judged = pq.read_table(tmp_path / "judge" / "judged.parquet").to_pylist()
+    judged = pq.read_table(output("judge", tmp_path / "judge", "judged")).to_pylist()
     verdicts = sorted(r["verdict"] for r in judged)
     expected = EXPECTED_VERDICTS.get(case)
     if expected is not None:
@@ -136,7 +148,7 @@ def test_duplicate_ids_merge_into_one_question(tmp_path):
     recorded = tmp_path / "dup.json"
     recorded.write_text(json.dumps(CASES["duplicate_ids_same_question"]))
     assert run_cli("import", {"recorded": recorded}, tmp_path / "imp").returncode == 0
-    rows = pq.read_table(tmp_path / "imp" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("import", tmp_path / "imp", "samples")).to_pylist()
     assert [(r["question_id"], r["sample_index"]) for r in rows] == [("tom", 0), ("tom", 1), ("tom", 2)]
 
 
@@ -191,26 +203,36 @@ MALFORMED = [
     ),
     (
         "judge",
-        "samples.parquet",
+        "samples_in.parquet",
         _samples_with(1, "sample_index", 0),
-        r"samples.parquet: row 1: field 'sample_index': sample .* repeats row 0",
+        r"samples_in.parquet: row 1: field 'sample_index': sample .* repeats row 0",
     ),
     (
         "judge",
-        "samples.parquet",
+        "samples_in.parquet",
         _samples_with(1, "answer", "9"),
-        r"samples.parquet: row 1: field 'answer': question id 'a' has a different answer in row 0",
+        r"samples_in.parquet: row 1: field 'answer': question id 'a' has a different answer in row 0",
     ),
     (
         "judge",
-        "samples.parquet",
+        "samples_in.parquet",
         _samples_with(2, "rationale", None),
-        r"samples.parquet: row 2: field 'rationale' is null",
+        r"samples_in.parquet: row 2: field 'rationale' is null",
     ),
-    ("judge", "samples.parquet", pa.table({"question_id": ["a"]}), r"samples.parquet: missing column 'question'"),
-    ("select", "judged.parquet", pa.table({"question_id": ["a"]}), r"judged.parquet: missing column 'question'"),
-    ("decontaminate", "selected.parquet", "\x00\x01garbage", r"selected.parquet: not a readable Parquet file"),
-    ("materialize", "selected.parquet", "\x00\x01garbage", r"selected.parquet: not a readable Parquet file"),
+    (
+        "judge",
+        "samples_in.parquet",
+        pa.table({"question_id": ["a"]}),
+        r"samples_in.parquet: missing column 'question'",
+    ),
+    (
+        "select",
+        "judged_in.parquet",
+        pa.table({"question_id": ["a"]}),
+        r"judged_in.parquet: missing column 'question'",
+    ),
+    ("decontaminate", "selected_in.parquet", "\x00\x01garbage", r"selected_in.parquet: not a readable Parquet file"),
+    ("materialize", "selected_in.parquet", "\x00\x01garbage", r"selected_in.parquet: not a readable Parquet file"),
 ]
 
 

@@ -15,7 +15,7 @@ from flows.demo import SMALL_ENGINE
 from mcckd.answers import answer_kind, answers_match, extract_answer
 from mcckd.demo_world.assets import TEACHER_DIR
 from mcckd.demo_world.problems import generate_split
-from mcckd.stages import execute
+from mcckd.stages import execute, output
 from mcckd.stages.evaluate import EvaluateSettings, read_questions, vote
 from tests.demo_questions import questions_file
 from tests.shared_data import SHARED_DATA, needs_shared
@@ -94,9 +94,9 @@ def test_greedy_and_self_consistency_on_a_real_engine(tmp_path):
 
     greedy = EvaluateSettings(model=TEACHER_DIR, model_name="teacher", template="demo_teacher", vllm=SMALL_ENGINE)
     summary = execute("evaluate", greedy, tmp_path / "greedy", sets)
-    rows = pq.read_table(tmp_path / "greedy" / "predictions.parquet").to_pylist()
+    rows = pq.read_table(output("evaluate", tmp_path / "greedy", "predictions")).to_pylist()
     check_rows(rows, expected, 1, "teacher")
-    accuracy = json.loads((tmp_path / "greedy" / "accuracy.json").read_text())
+    accuracy = json.loads(output("evaluate", tmp_path / "greedy", "accuracy").read_text())
     for name in sets:
         mine = [r for r in rows if r["split"] == name]
         assert accuracy[name] == summary["accuracy"][name] == sum(r["correct"] for r in mine) / len(mine)
@@ -105,7 +105,7 @@ def test_greedy_and_self_consistency_on_a_real_engine(tmp_path):
 
     voted = greedy.model_copy(update={"samples": 5, "temperature": 1.0, "model_name": "teacher-sc"})
     summary = execute("evaluate", voted, tmp_path / "sc", sets)
-    rows = pq.read_table(tmp_path / "sc" / "predictions.parquet").to_pylist()
+    rows = pq.read_table(output("evaluate", tmp_path / "sc", "predictions")).to_pylist()
     check_rows(rows, expected, 5, "teacher-sc")
     assert summary["samples"] == 5
     assert any(len(set(r["generations"])) > 1 for r in rows)  # sampled, not five greedy copies

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoTokenizer
 from flows.demo import SMALL_ENGINE
 from mcckd.models import ModelSourceError, gguf_facts, model_fingerprint, resolve_model, source_file
 from mcckd.rendering import ChatSettings, ChatTemplateError, Renderer
+from mcckd.stages import output
 from mcckd.training.data import encode_example
 from mcckd.training.loss import IGNORE_INDEX
 
@@ -72,29 +73,29 @@ def test_smollm2_trains_and_is_evaluated_on_its_chat_template(smollm2, tmp_path)
         row["answer_spans"] = [{"start": len(text) - 1 - len(row["answer"]), "end": len(text) - 1}]
     from data_schemas import TRAINSET, write_table
 
-    write_table(rows, tmp_path / "train.parquet", TRAINSET)
+    write_table(rows, tmp_path / "trainset_in.parquet", TRAINSET)
     questions = [{"question": r["question"], "answer": r["answer"]} for r in rows]
     (tmp_path / "test.json").write_text(json.dumps(questions))
     train = {"base_model": SMOLLM2, "loop": {"epochs": 1, "questions_per_batch": 2, "learning_rate": 1e-5}}
-    done = run_stage("train", train, f"trainset={tmp_path / 'train.parquet'}", tmp_path / "student")
+    done = run_stage("train", train, f"trainset={tmp_path / 'trainset_in.parquet'}", tmp_path / "student")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["chat_template"] and summary["rejected"] == 0 and summary["steps"] == 1
-    shown = (tmp_path / "student" / "rendered_examples.txt").read_text()
+    shown = output("train", tmp_path / "student", "rendered_examples").read_text()
     assert "<|im_start|>user\nTom has 3 apples" in shown and "Let's think step by step.<|im_end|>" in shown
     assert "<|im_start|>assistant\n[[He has 3 + 4 = 7 apples. The answer is {{7}}.<|im_end|>]]" in shown
 
-    evaluate = {"model": str(tmp_path / "student" / "model"), "model_name": "s", "max_tokens": 48}
+    evaluate = {"model": str(output("train", tmp_path / "student", "model")), "model_name": "s", "max_tokens": 48}
     evaluate["vllm"] = SMALL_ENGINE.model_dump()
     done = run_stage("evaluate", evaluate, f"svamp={tmp_path / 'test.json'}", tmp_path / "eval")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["chat_template"]
-    predictions = pq.read_table(tmp_path / "eval" / "predictions.parquet").to_pylist()
+    predictions = pq.read_table(output("evaluate", tmp_path / "eval", "predictions")).to_pylist()
     assert len(predictions) == 2 and all(p["generation"] for p in predictions)
     assert all("<|im_start|>" not in p["generation"] for p in predictions)  # it answered, not role-played
 
     # The prompt tokens of training are the prompt tokens vLLM was given.
-    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "student" / "model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(output("train", tmp_path / "student", "model")))
     renderer = Renderer(tokenizer)
     encoded = encode_example(tokenizer, renderer.example("q0", rows[0]["question"], "x. The answer is 7.", None), 512)
     prompt = renderer.prompt_ids(rows[0]["question"])

@@ -8,29 +8,25 @@ stage call with its fingerprint before anything runs, and the flows execute exac
   gives the fingerprints the flows ran with before the plan existed (``tests/data/plan_fingerprints.json``,
   recorded from commit 1a0a579's run path). The sweep's old planner disagreed with its own run on 36
   of them when ``test_fields`` was set: the planner passed decontaminate's settings without them.
-- Real runs (slow): a distillation and a sweep with ``test_fields``, on one store, write exactly the
-  folders of their plans, and planning again counts every stage stored.
+- Real runs write exactly the folders of their plans, with ``test_fields`` set: the distill flow in
+  ``tests/test_flow.py`` and a sweep in ``tests/test_sweep.py`` (slow: they train and start vLLM).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from flows.config import DistillConfig, RunConfig
 from flows.demo import DemoSettings, DemoSweep, demo_config, demo_questions, demo_sweep_config
-from flows.distill import distill
 from flows.plan import StageCall, plan
 from flows.real import RealSettings, SelfDistillSettings, real_config, self_distill_config, svamp_labels, sweep_config
-from flows.sweep import cot_sweep, plan_sweep
+from flows.sweep import plan_sweep
 from mcckd.paths import PROJECT_ROOT
 from mcckd.stages import STAGES, stage_fingerprint
-from mcckd.store import is_complete
 from tests.shared_data import needs_shared
 
 GOLDEN = json.loads((PROJECT_ROOT / "tests" / "data" / "plan_fingerprints.json").read_text())["configs"]
@@ -130,52 +126,3 @@ def test_test_fields_reach_decontaminate_in_distill_and_sweep_alike(planned):
         for call in planned[name]:
             if call.stage in ("decontaminate", "evaluate"):
                 assert call.settings.fields == {"gsm8k": {"question": "question", "answer": "answer"}}, call.label
-
-
-# --- real runs -------------------------------------------------------------------------------------
-
-
-def written(store: Path) -> set[str]:
-    return {f"{p.parent.parent.name}/{p.parent.name}" for p in store.glob("*/*/manifest.json")}
-
-
-@pytest.mark.slow  # vLLM, training, the Prefect harness
-def test_a_distillation_and_a_sweep_with_test_fields_write_exactly_their_plans(prefect_harness, tmp_path):
-    store = tmp_path / "store"
-    questions = demo_questions.fn(store, 6, 3, 0)
-    # A test set whose columns are named otherwise, read through test_fields by decontaminate and evaluate.
-    renamed = tmp_path / "renamed.jsonl"
-    rows = pq.read_table(questions / "test_id.parquet").to_pylist()
-    renamed.write_text(
-        "".join(
-            json.dumps({"qid": r["question_id"], "problem": r["question"], "gold": r["answer"]}) + "\n" for r in rows
-        )
-    )
-    extra = {
-        "test_sets": {"renamed": renamed},
-        "test_fields": {"renamed": {"id": "qid", "question": "problem", "answer": "gold"}},
-    }
-    tiny = DemoSettings(
-        train_questions=6, test_questions=3, sample={"num_samples": 2}, loop={"epochs": 1, "questions_per_batch": 4}
-    )
-    config = demo_config(tiny, questions, store, tmp_path / "report").model_copy(update=extra)
-    before = written(store)
-    with contextlib.redirect_stdout(io.StringIO()):
-        distill(config)
-    distilled = written(store) - before
-    assert distilled == {f"{c.stage}/{c.fingerprint}" for c in plan(config).calls}
-    assert all(c.stored for c in plan(config).calls)
-
-    sweep = demo_sweep_config(
-        DemoSweep(train_questions=6, test_questions=3, granularities=["1"], loop={"epochs": 1}, seeds=[0]),
-        store,
-        tmp_path / "sweep",
-    ).model_copy(update=extra)
-    before = written(store)
-    with contextlib.redirect_stdout(io.StringIO()):
-        cot_sweep(sweep)
-    swept = written(store) - before
-    calls = plan_sweep(sweep).calls
-    assert swept == {f"{c.stage}/{c.fingerprint}" for c in calls} - before
-    assert all(is_complete(c.out) for c in calls)
-    assert {row["state"] for row in plan_sweep(sweep).rows()} == {"stored (cached)"}

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mcckd.answers import answers_match, extract_answer
-from mcckd.stages import execute
+from mcckd.stages import execute, output
 from mcckd.stages.import_recorded import ImportSettings, RecordedDataError
 from mcckd.stages.judge import JudgeSettings
 from tests.shared_data import SHARED_DATA, needs_shared
@@ -17,8 +17,8 @@ from tests.shared_data import SHARED_DATA, needs_shared
 
 def import_and_judge(tmp_path: Path, recorded: Path) -> list[dict]:
     execute("import", ImportSettings(teacher_name="t"), tmp_path / "imp", {"recorded": recorded})
-    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
-    return pq.read_table(tmp_path / "jud" / "judged.parquet").to_pylist()
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp"})
+    return pq.read_table(output("judge", tmp_path / "jud", "judged")).to_pylist()
 
 
 def write_json(path: Path, rows: object) -> Path:
@@ -82,7 +82,7 @@ def test_content_problems_become_ledger_rows_not_drops(tmp_path):
         ("rows-2", 0, "over_long"),
         ("rows-3", 0, "no_gold_answer"),
     ]
-    ledger = pq.read_table(tmp_path / "jud" / "rejections.parquet").to_pylist()
+    ledger = pq.read_table(output("judge", tmp_path / "jud", "rejections")).to_pylist()
     assert len(ledger) == 4  # every row but the correct one, each with its reason
 
 
@@ -99,7 +99,7 @@ def test_json_jsonl_and_parquet_import_the_same_rows(tmp_path):
     imported = []
     for name in ("r.json", "r.jsonl", "r.parquet"):
         execute("import", ImportSettings(), tmp_path / name.replace(".", "_"), {"recorded": tmp_path / name})
-        table = pq.read_table(tmp_path / name.replace(".", "_") / "samples.parquet")
+        table = pq.read_table(output("import", tmp_path / name.replace(".", "_"), "samples"))
         imported.append([(r["question"], r["answer"], r["sample_index"], r["rationale"]) for r in table.to_pylist()])
     assert imported[0] == imported[1] == imported[2]
     assert len(imported[0]) == 3
@@ -147,12 +147,12 @@ def test_a_labels_file_fills_missing_gold_answers_by_question_text(tmp_path):
         tmp_path / "imp",
         {"recorded": write_json(tmp_path / "r.json", rows), "labels": labels},
     )
-    imported = pq.read_table(tmp_path / "imp" / "samples.parquet").to_pylist()
+    imported = pq.read_table(output("import", tmp_path / "imp", "samples")).to_pylist()
     assert [r["answer"] for r in imported] == ["4", "3", ""]
     summary = json.loads((tmp_path / "imp" / "manifest.json").read_text())["summary"]
     assert summary["labels_filled"] == 1 and summary["unlabelled_questions"] == 1
-    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
-    verdicts = [r["verdict"] for r in pq.read_table(tmp_path / "jud" / "judged.parquet").to_pylist()]
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp"})
+    verdicts = [r["verdict"] for r in pq.read_table(output("judge", tmp_path / "jud", "judged")).to_pylist()]
     assert verdicts == ["correct", "correct", "no_gold_answer"]
 
 
@@ -177,6 +177,6 @@ def test_an_empty_labels_file_leaves_every_unlabelled_question_counted_not_dropp
     recorded = write_json(tmp_path / "r.json", rows)
     summary = execute("import", ImportSettings(), tmp_path / "imp", {"recorded": recorded, "labels": labels})
     assert summary["labels_filled"] == 0 and summary["unlabelled_questions"] == 2
-    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp" / "samples.parquet"})
-    verdicts = [r["verdict"] for r in pq.read_table(tmp_path / "jud" / "judged.parquet").to_pylist()]
+    execute("judge", JudgeSettings(), tmp_path / "jud", {"samples": tmp_path / "imp"})
+    verdicts = [r["verdict"] for r in pq.read_table(output("judge", tmp_path / "jud", "judged")).to_pylist()]
     assert verdicts == ["no_gold_answer", "no_gold_answer"]

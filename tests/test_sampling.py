@@ -18,7 +18,7 @@ import pytest
 from flows.demo import SMALL_ENGINE
 from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
 from mcckd.rendering import Renderer
-from mcckd.stages import execute, work_dir_for
+from mcckd.stages import execute, output, work_dir_for
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.teachers import TEACHER_CHAT, TeacherSpec, teacher_prompt
 from tests.demo_questions import questions_file
@@ -33,7 +33,7 @@ def test_several_teachers_and_prompts_in_one_run(tmp_path):
     prompts = [PromptSpec(cot_format="plain", granularity="1"), PromptSpec(cot_format="symbolic", granularity="3")]
     settings = SampleSettings(teachers=teachers, prompts=prompts, num_samples=2, shard_size=4)
     summary = execute("sample", settings, tmp_path / "out", {"questions": questions_file(tmp_path / "q.parquet", 6)})
-    rows = pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("sample", tmp_path / "out", "samples")).to_pylist()
     assert summary["samples"] == len(rows) == 6 * 2 * 2 * 2
     keys = {(r["question_id"], r["teacher"], r["cot_format"], r["granularity"], r["sample_index"]) for r in rows}
     assert len(keys) == len(rows)
@@ -48,7 +48,7 @@ def test_several_teachers_and_prompts_in_one_run(tmp_path):
 
 @pytest.mark.slow  # python -m mcckd sample: vLLM, twice
 def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
-    q = questions_file(tmp_path / "q.parquet", 120)
+    q = questions_file(tmp_path / "q.parquet", 48)
     out = tmp_path / "out"
     teacher = TeacherSpec(
         name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE.model_copy(update={"max_num_seqs": 8})
@@ -67,18 +67,18 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p.name: p.read_bytes() for p in shard_dir.glob("*.parquet")}
-    assert 5 <= len(before) < 30 and not (out / "manifest.json").exists()
+    assert 5 <= len(before) < 24 and not (out / "manifest.json").exists()
 
     # Resumed with two engines side by side, one core each: same rows, every sample exactly once.
     two = settings.model_copy(update={"engines": 2}).model_dump_json()
     done = subprocess.run([*cmd[:7], two, *cmd[8:]], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["shards_resumed"] == len(before) and summary["shards"] == 30
-    rows = pq.read_table(out / "samples.parquet").to_pylist()
-    assert len(rows) == 240
-    assert len({(r["question_id"], r["sample_index"]) for r in rows}) == 240
-    assert {r["question_id"] for r in rows} == {f"q{i}" for i in range(120)}
+    assert summary["shards_resumed"] == len(before) and summary["shards"] == 24
+    rows = pq.read_table(output("sample", out, "samples")).to_pylist()
+    assert len(rows) == 96
+    assert len({(r["question_id"], r["sample_index"]) for r in rows}) == 96
+    assert {r["question_id"] for r in rows} == {f"q{i}" for i in range(48)}
 
 
 @pytest.mark.slow  # starts two vLLM engine processes

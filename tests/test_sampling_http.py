@@ -26,7 +26,7 @@ import pytest
 
 from mcckd.answers import answers_match, extract_answer
 from mcckd.demo_world.assets import TEACHER_DIR
-from mcckd.stages import execute, work_dir_for
+from mcckd.stages import execute, output, work_dir_for
 from mcckd.stages.sample import SampleSettings
 from mcckd.teachers import HttpSettings, TeacherError, TeacherSpec, teacher_identity
 from tests.demo_questions import questions_file
@@ -87,7 +87,7 @@ def test_http_backend_samples_from_vllm_server(tmp_path, vllm_server, monkeypatc
     )
     q = questions_file(tmp_path / "q.parquet", 10)
     summary = execute("sample", settings, tmp_path / "out", {"questions": q})
-    rows = pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("sample", tmp_path / "out", "samples")).to_pylist()
     assert summary["samples"] == len(rows) == 20 and summary["shards"] == 3
     assert all(r["finish_reason"] in ("stop", "length") and r["completion_tokens"] > 0 for r in rows)
     assert len({r["seed"] for r in rows}) == 20  # one seed per (question, sample)
@@ -184,7 +184,7 @@ def test_http_retries_429_and_500_then_succeeds(tmp_path, caplog):
     assert [a for a, _ in server.seen] == ["429", "500", "503", "ok", "ok", "ok"]
     retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
     assert len(retries) == 3 and server.url in retries[0] and "HTTP 429" in retries[0]
-    rows = pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("sample", tmp_path / "out", "samples")).to_pylist()
     assert rows[0]["completion_tokens"] == 13 and rows[0]["finish_reason"] == "stop"
 
 
@@ -230,5 +230,5 @@ def test_chat_teacher_posts_messages_to_chat_completions(tmp_path):
     body = server.seen[0][1]
     assert body["messages"][0]["role"] == "user" and "Question:" in body["messages"][0]["content"]
     assert "prompt" not in body and body["n"] == 1
-    rows = pq.read_table(tmp_path / "out" / "samples.parquet").to_pylist()
+    rows = pq.read_table(output("sample", tmp_path / "out", "samples")).to_pylist()
     assert [r["rationale"] for r in rows] == ["2 + 3 = 5. The answer is 5."] * 4

@@ -1,6 +1,7 @@
 """The CoT-factor sweep: its plan and budget, the recorded SVAMP cells of arXiv 2502.18001 through
 import, judge, select and materialize, and a mixed sweep (sampled and recorded cells) that trains,
-evaluates, reports, and on a re-run with one more cell trains only that cell. Real vLLM, Prefect,
+evaluates, reports, writes exactly the folders its plan names (with ``test_fields`` set), and on a
+re-run with one more cell trains only that cell. Real vLLM, Prefect,
 training and Parquet throughout; the recorded SVAMP cells are English, which the demo student's
 tokenizer was not made for, so training on them is tested at this small scale only.
 """
@@ -10,13 +11,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from matplotlib.image import imread
 
 from flows.demo import DemoSweep, demo_sweep_config
 from flows.real import COT_FACTOR_CELLS, svamp_labels
 from flows.sweep import RecordedCell, SweepConfig, cot_sweep, plan_sweep
 from mcckd.demo_world.assets import TOKENIZER_DIR
+from mcckd.plots import plot_sweep_heatmaps
+from mcckd.stages import output
+from mcckd.store import is_complete
+from mcckd.sweep import Cell
+from tests.demo_questions import renamed_test_set
 from tests.prefect_runs import task_states
 from tests.shared_data import SHARED_DATA, needs_shared
 
@@ -33,6 +41,11 @@ def svamp_cell(tmp_path: Path, name: str, rows: int | None = None) -> RecordedCe
     fmt, level = COT_FACTOR_CELLS[name]
     labels = svamp_labels.fn(SHARED_DATA, tmp_path / "store")  # the cot-factors files carry no gold answers
     return RecordedCell(file=source, teacher="chatgpt", cot_format=fmt, granularity=level, labels=labels)
+
+
+def written(store: Path) -> set[str]:
+    """``stage/fingerprint`` of every complete stage folder in the store."""
+    return {f"{p.parent.parent.name}/{p.parent.name}" for p in store.glob("*/*/manifest.json")}
 
 
 def test_plan_states_every_stage_and_the_budget_leaves_out_whole_runs(tmp_path):
@@ -83,7 +96,8 @@ def test_recorded_svamp_cells_give_per_cell_data_statistics(prefect_harness, tmp
         assert row["diversity_mean_max_similarity"] is None  # one rationale per question: nothing to compare
     tokens = [data[f"chatgpt/plain-{level}"]["mean_tokens"] for level in ("1", "3", "5")]
     assert tokens == sorted(tokens) and tokens[2] > 1.5 * tokens[0]  # granularity is length
-    judged = pq.read_table(next((tmp_path / "store" / "judge").glob("*/judged.parquet"))).to_pylist()
+    judge_dir = next(d for d in (tmp_path / "store" / "judge").iterdir() if is_complete(d))
+    judged = pq.read_table(output("judge", judge_dir, "judged")).to_pylist()
     assert {r["granularity"] for r in judged} <= {"1", "3", "5"} and {r["cot_format"] for r in judged} <= {
         "plain",
         "subq",
@@ -99,14 +113,22 @@ def test_recorded_svamp_cells_give_per_cell_data_statistics(prefect_harness, tmp
 @needs_shared
 def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(prefect_harness, tmp_path):
     config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
+    # The test set is read through test_fields (a user's file under its own column names): the plan
+    # passes them to decontaminate and evaluate as the run does, so it names exactly the folders written.
+    renamed, fields = renamed_test_set(config.test_sets["id"], tmp_path / "id.jsonl")
     config = config.model_copy(
         update={
-            "test_sets": {"id": config.test_sets["id"]},
+            "test_sets": {"id": renamed},
+            "test_fields": {"id": fields},
             "recorded": [svamp_cell(tmp_path, "SVAMP_ChatGPT_level1_ranked.json", rows=8)],
         }
     )
+    labels = written(tmp_path / "store")  # svamp_cell's stored labels
+    planned = plan_sweep(config)
     first = cot_sweep(config, return_state=True)
     assert first.is_completed(), first.message
+    assert written(tmp_path / "store") - labels == {f"{c.stage}/{c.fingerprint}" for c in planned.calls}
+    assert {row["state"] for row in plan_sweep(config).rows()} == {"stored (cached)"}
     states = task_states(first)
     assert {k: len(v) for k, v in states.items()} == {
         "sample": 1,
@@ -132,8 +154,18 @@ def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(pref
     assert {(b["method"], b["test_set"]) for b in summary["best"]} == {("std_cot", "id"), ("mcc_kd", "id")}
     assert all("paired" in b and 0 <= b["paired"]["p_value"] <= 1 for b in summary["best"])
     assert len(summary["recommendation"]) == 2 and set(summary["references"]) == {"teacher", "untrained"}
-    heatmap = tmp_path / "report" / "heatmap_id.png"
-    assert heatmap.read_bytes()[:4] == b"\x89PNG"
+    # The heatmap shows each (cell, method)'s accuracy in its panel: drawn again from the summary, each
+    # panel's one cell holds that mean, and the report's PNG has the same pixels.
+    cells = [Cell(d["teacher"], d["cot_format"], d["granularity"]) for d in summary["data"]]
+    again = tmp_path / "heatmap_again.png"
+    fig = plot_sweep_heatmaps(summary["results"], cells, "id", again, summary["references"]["untrained"]["id"])
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.images}
+    assert len(panels) == len(summary["results"])
+    for r in summary["results"]:
+        grid = np.ma.filled(panels[f"{r['cell'].split('/')[0]} · {r['method']}"].images[0].get_array(), np.nan)
+        assert grid.tolist() == [[pytest.approx(r["accuracy"]["id"]["mean"])]]  # one format, one granularity
+    heatmap, expected = imread(tmp_path / "report" / "heatmap_id.png"), imread(again)
+    assert heatmap.shape == expected.shape and heatmap.std() > 0 and np.abs(heatmap - expected).max() < 1e-6
     untrained = f"untrained: id {summary['references']['untrained']['id']:.3f}"
     assert untrained in (tmp_path / "report" / "sweep.md").read_text()  # what the cells are read against
     assert json.loads((tmp_path / "report" / "sweep.json").read_text())["plan"]

@@ -24,7 +24,7 @@ from data_schemas import TRAINSET, write_table
 from mcckd.demo_world.assets import STUDENT_BASE_DIR
 from mcckd.demo_world.problems import generate_split, write_rationale
 from mcckd.rendering import Renderer
-from mcckd.stages import work_dir_for
+from mcckd.stages import output, work_dir_for
 from mcckd.stages.materialize import with_answer_sentence
 from mcckd.stages.train import TrainSettings, examples_from_trainset
 from mcckd.training.config import LoraSettings, TrainConfig
@@ -87,13 +87,13 @@ def run_train(out: Path, trainset: Path, cfg: TrainSettings) -> dict:
 
 
 def losses(out: Path) -> list[tuple[int, float, float]]:
-    log = pq.read_table(out / "train_log.parquet").to_pylist()
+    log = pq.read_table(output("train", out, "train_log")).to_pylist()
     return [(r["step"], r["cross_entropy"], r["consistency"]) for r in log]
 
 
 @pytest.fixture(scope="module")
 def trainset(tmp_path_factory) -> Path:
-    return write_trainset(tmp_path_factory.mktemp("trainset") / "train.parquet", questions=110)
+    return write_trainset(tmp_path_factory.mktemp("trainset") / "trainset_in.parquet", questions=110)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trains
 def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    path = write_trainset(tmp_path / "train.parquet", questions=16, seed=3)
+    path = write_trainset(tmp_path / "trainset_in.parquet", questions=16, seed=3)
     rows = pq.read_table(path).to_pylist()
 
     groups, rejected = encode_groups(demo_tokenizer, examples_from_trainset(rows, Renderer(demo_tokenizer)), 256)

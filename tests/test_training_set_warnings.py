@@ -9,10 +9,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from data_schemas import PREDICTIONS, REJECTIONS, SAMPLES, SELECTED, TRAIN_LOG, write_table
+from data_schemas import SAMPLES, SELECTED, write_table
 from mcckd import report
 from mcckd.paths import PROJECT_ROOT
-from mcckd.stages import execute
+from mcckd.stages import STAGES, execute
 from mcckd.stages.decontaminate import DecontaminateSettings
 from mcckd.stages.judge import JudgeSettings
 from mcckd.stages.materialize import MaterializeSettings
@@ -49,7 +49,7 @@ def selected_row(qid: str, rank: int) -> dict:
 def materialized(out: Path, per_question: list[int]) -> Path:
     """The real materialize stage's folder for questions with these numbers of selected rationales."""
     rows = [selected_row(f"q{q}", rank) for q, n in enumerate(per_question) for rank in range(n)]
-    selected = out.parent / f"{out.name}-selected.parquet"
+    selected = out.parent / f"{out.name}-selected_in.parquet"
     write_table(pa.Table.from_pylist(rows, schema=SELECTED), selected, SELECTED)
     execute("materialize", MaterializeSettings(), out, {"selected": selected})
     return out
@@ -87,11 +87,12 @@ def test_warnings_name_every_consistency_method_and_count_in_the_singular(tmp_pa
 # --- the report opens with its warnings ----------------------------------------------------------------------
 
 
-def fake_stage(out: Path, summary: dict, files: dict[str, tuple[list[dict], pa.Schema]]) -> Path:
-    """A stage folder as the report reads it, without running the stage (train and evaluate need models)."""
-    with atomic_stage_dir(out, {"stage": out.parent.name, "summary": summary}) as tmp:
-        for name, (rows, schema) in files.items():
-            write_table(pa.Table.from_pylist(rows, schema=schema), tmp / name, schema)
+def fake_stage(stage: str, out: Path, summary: dict, outputs: dict[str, list[dict]]) -> Path:
+    """A stage folder as the report reads it, without running the stage (train and evaluate need models):
+    the given rows of its Parquet outputs, each where and as the stage declares it."""
+    with atomic_stage_dir(out, {"stage": stage, "summary": summary}) as tmp:
+        for name, rows in outputs.items():
+            STAGES[stage].write(tmp, name, rows)
     return out
 
 
@@ -114,7 +115,7 @@ def evaluated(out: Path, model: str, correct: list[bool]) -> Path:
         for i, ok in enumerate(correct)
     ]
     summary = {"accuracy": {"svamp_dev": sum(correct) / len(correct)}, "samples": 1}
-    return fake_stage(out, summary, {"predictions.parquet": (rows, PREDICTIONS)})
+    return fake_stage("evaluate", out, summary, {"predictions": rows})
 
 
 def trained(out: Path) -> Path:
@@ -123,16 +124,16 @@ def trained(out: Path) -> Path:
         for s in (1, 2, 3)
     ]
     summary = {"steps": 3, "final_cross_entropy": 0.667, "seconds": 3.0}
-    return fake_stage(out, summary, {"train_log.parquet": (log, TRAIN_LOG), "rejections.parquet": ([], REJECTIONS)})
+    return fake_stage("train", out, summary, {"train_log": log, "rejections": []})
 
 
 def test_the_report_opens_with_its_warnings(tmp_path):
     samples = write_table([sample_row("a", 0, "5 + 3 = 8. The answer is 8.")], tmp_path / "s.parquet", SAMPLES)
     judged, selected, clean, trainset = (tmp_path / name for name in ("judge", "select", "dec", "mat"))
     execute("judge", JudgeSettings(), judged, {"samples": samples})
-    execute("select", SelectSettings(k=2), selected, {"judged": judged / "judged.parquet"})
-    execute("decontaminate", DecontaminateSettings(), clean, {"selected": selected / "selected.parquet"})
-    execute("materialize", MaterializeSettings(), trainset, {"selected": clean / "selected.parquet"})
+    execute("select", SelectSettings(k=2), selected, {"judged": judged})
+    execute("decontaminate", DecontaminateSettings(), clean, {"selected": selected})
+    execute("materialize", MaterializeSettings(), trainset, {"selected": clean})
     warnings = report.training_set_warnings(trainset, ["mcc_kd"], min_rationales=50)
     assert warnings == [small(1, 1), SINGLE.format(names="mcc_kd", they="it trains")]
 
