@@ -121,6 +121,11 @@ class RunConfig(Settings):
         DecontaminateSettings(), description="training questions sharing a word n-gram with a test question are removed"
     )
     materialize: MaterializeSettings = Field(MaterializeSettings(), description="the training set's answer spans")
+    evaluate_teachers: bool = Field(
+        True,
+        description="score each local teacher on the test sets too (the students' ceiling; a large teacher's "
+        "evaluation can cost more than the students')",
+    )
     teacher_eval_template: str = Field("demo_teacher", description="prompt template the teachers are evaluated with")
     student_eval: StudentEval = Field(StudentEval(), description="how every model is decoded at evaluation")
     parallel_trains: int = Field(

@@ -152,9 +152,9 @@ ModelRuns = dict[str, dict[int | None, Model]]  # model name -> seed (None: one 
 def reference_models(
     config: RunConfig, teachers: list[TeacherSpec], teacher_fps: dict[str, str], base: TrainSettings
 ) -> ModelRuns:
-    """The models every student is read against: each local teacher (served ones are not re-scored)
-    and the untrained student base, asked as its students are."""
-    local = [t for t in teachers if t.backend == "vllm"]
+    """The models every student is read against: each local teacher (served ones are not re-scored;
+    none when ``evaluate_teachers`` is off) and the untrained student base, asked as its students are."""
+    local = [t for t in teachers if t.backend == "vllm" and config.evaluate_teachers]
     models: ModelRuns = {
         ("teacher" if len(local) == 1 else f"teacher-{t.name}"): {
             None: Model(Path(t.model), teacher_fps[t.name], {"template": config.teacher_eval_template})

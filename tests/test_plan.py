@@ -126,3 +126,12 @@ def test_test_fields_reach_decontaminate_in_distill_and_sweep_alike(planned):
         for call in planned[name]:
             if call.stage in ("decontaminate", "evaluate"):
                 assert call.settings.fields == {"gsm8k": {"question": "question", "answer": "answer"}}, call.label
+
+
+def test_teachers_are_scored_unless_told_not_to(tmp_path):
+    questions = demo_questions.fn(tmp_path / "store", 6, 3, 0)
+    config = demo_config(DemoSettings(), questions, tmp_path / "store", tmp_path / "report")
+    labels = {c.label for c in plan(config).calls}
+    assert "evaluate teacher" in labels and "evaluate untrained" in labels
+    quiet = {c.label for c in plan(config.model_copy(update={"evaluate_teachers": False})).calls}
+    assert quiet == labels - {"evaluate teacher"}

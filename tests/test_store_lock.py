@@ -229,8 +229,12 @@ def test_two_flows_on_one_store_compute_each_stage_once(tmp_path):
     watcher.start()
     for i, name in enumerate("ab"):
         config = demo_config(tiny, questions, store, tmp_path / f"report-{name}")
-        # One student and one test set: every kind of stage, at the least cost.
-        only = {"students": {"mcc_kd": config.students["mcc_kd"]}, "test_sets": {"id": config.test_sets["id"]}}
+        # One student, one test set, no teacher scoring: every kind of stage, at the least cost.
+        only = {
+            "students": {"mcc_kd": config.students["mcc_kd"]},
+            "test_sets": {"id": config.test_sets["id"]},
+            "evaluate_teachers": False,
+        }
         config = config.model_copy(update=only)
         path = tmp_path / f"config-{name}.json"
         path.write_text(config.model_dump_json())
