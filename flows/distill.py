@@ -15,13 +15,12 @@ from pathlib import Path
 
 from prefect import flow
 from pydantic import ValidationError
-from tqdm.auto import tqdm
 
 from data_schemas import exit_invalid
 from flows.config import DistillConfig
 from flows.plan import plan
 from flows.publish import publish_data, publish_plan, publish_report, publish_trainings
-from flows.runner import announce, run_call, run_curation, run_side_by_side
+from flows.runner import announce, run_call, run_curation, run_side_by_side, warn_small_training_sets
 from mcckd import report
 from mcckd.teachers import record_distilled
 
@@ -36,10 +35,7 @@ def distill(config: DistillConfig) -> dict:
     run_curation(config, p.curation)
     judge, select, decontaminate, trainset = p.curation
     publish_data(p.source, judge, select, decontaminate, trainset)
-    consistency = [name for name, m in config.students.items() if m.train.loop.uses_consistency]
-    warnings = report.training_set_warnings(trainset.out, consistency, config.min_rationales)
-    for line in warnings:
-        tqdm.write(f"warning: {line}")
+    warnings = warn_small_training_sets(config.students, {"": trainset.out}, config.min_rationales)
 
     run_side_by_side(config, p.trains, config.parallel_trains)
     publish_trainings(p.trains)

@@ -15,7 +15,7 @@ from prefect.futures import wait
 from prefect.states import State
 from tqdm.auto import tqdm
 
-from flows.config import RunConfig
+from flows.config import RunConfig, StudentMethod
 from flows.plan import Curation, Ref, StageCall
 from mcckd import report
 from mcckd.stages import STAGES
@@ -92,3 +92,20 @@ def announce(calls: list[StageCall], what: str) -> list[dict]:
     to_run = [r for r in rows if r["state"] == "to run"]
     tqdm.write(f"{what} plan: {len(rows)} stages, {len(rows) - len(to_run)} stored, {len(to_run)} to run")
     return rows
+
+
+def warn_small_training_sets(
+    methods: dict[str, StudentMethod], trainsets: dict[str, Path], min_rationales: int
+) -> list[str]:
+    """Each training set too small to mean anything, said on the console before any training.
+    ``trainsets``: label -> materialize folder; a label ("" for a distillation's one set, a cell's
+    name in a sweep) starts each of its lines."""
+    consistency = [name for name, m in methods.items() if m.train.loop.uses_consistency]
+    lines = [
+        f"{label}: {line}" if label else line
+        for label, trainset in trainsets.items()
+        for line in report.training_set_warnings(trainset, consistency, min_rationales)
+    ]
+    for line in lines:
+        tqdm.write(f"warning: {line}")
+    return lines

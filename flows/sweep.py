@@ -38,7 +38,7 @@ from flows.plan import (
     trained_model,
 )
 from flows.publish import publish_plan, publish_sweep
-from flows.runner import announce, run_call, run_curation, run_side_by_side
+from flows.runner import announce, run_call, run_curation, run_side_by_side, warn_small_training_sets
 from mcckd import plots, report, sweep
 from mcckd.paths import PROJECT_ROOT
 from mcckd.settings import Settings
@@ -213,15 +213,8 @@ def cot_sweep(config: SweepConfig) -> dict:
     data_rows = [sweep.data_statistics(d, tokenizer) for d in data.values()]
     empty = [d.cell for d in data.values() if report.stage_summary(d.trainset)["questions"] == 0]  # in cell order
     left_out += [f"{c.name}: no training data (every rationale was rejected; see its ledger)" for c in empty]
-    consistency = [name for name, m in config.methods.items() if m.train.loop.uses_consistency]
-    warnings = [
-        f"{cell.name}: {line}"
-        for cell, d in data.items()
-        if cell not in empty
-        for line in report.training_set_warnings(d.trainset, consistency, config.min_rationales)
-    ]
-    for line in warnings:
-        tqdm.write(f"warning: {line}")
+    usable = {cell.name: d.trainset for cell, d in data.items() if cell not in empty}
+    warnings = warn_small_training_sets(config.methods, usable, config.min_rationales)
     trains = {run: call for run, call in p.trains.items() if run[0] not in empty}
     trained = run_side_by_side(config, trains, config.parallel_trains)
     # The references are read against the students: none trained, none evaluated.
