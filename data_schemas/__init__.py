@@ -165,6 +165,17 @@ DEV_LOG = pa.schema(
     ]
 )
 
+# Checkpoint selection: each saved checkpoint's accuracy on the validation questions.
+CHECKPOINTS = pa.schema(
+    [
+        ("checkpoint", pa.string()),  # epoch-N
+        ("correct", pa.int64()),
+        ("questions", pa.int64()),
+        ("accuracy", pa.float64()),
+        ("chosen", pa.bool_()),
+    ]
+)
+
 PREDICTIONS = pa.schema(
     [
         ("model", pa.string()),

@@ -15,6 +15,7 @@ from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT
 from mcckd.settings import Settings
 from mcckd.stages.decontaminate import DecontaminateSettings
+from mcckd.stages.holdout import HoldoutSettings
 from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.judge import JudgeSettings
 from mcckd.stages.materialize import MaterializeSettings
@@ -115,6 +116,12 @@ class RunConfig(Settings):
         description="test set name -> {our field (question, answer, id): the file's column}, for files that "
         "name them otherwise",
     )
+    validation: HoldoutSettings | None = Field(
+        None,
+        description="hold out this share of the training questions before curation (never trained on, "
+        "decontaminated against like a test set); every student then keeps each epoch's checkpoint and the one "
+        "that answers them best is evaluated and exported with a model card. None: the last epoch's model",
+    )
     judge: JudgeSettings = Field(JudgeSettings(), description="how answers are read and which rationales count")
     select: SelectSettings = Field(SelectSettings(), description="K diverse correct rationales per question")
     decontaminate: DecontaminateSettings = Field(
@@ -155,8 +162,12 @@ class RunConfig(Settings):
     @field_validator("test_sets")
     @classmethod
     def _test_set_names(cls, test_sets: dict[str, Path]) -> dict[str, Path]:
-        if "selected" in test_sets:
-            raise ValueError("a test set may not be named 'selected' (the decontaminate stage's training input)")
+        for reserved, what in (
+            ("selected", "the decontaminate stage's training input"),
+            ("validation", "the held-out questions"),
+        ):
+            if reserved in test_sets:
+                raise ValueError(f"a test set may not be named {reserved!r} ({what})")
         return test_sets
 
 

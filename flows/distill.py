@@ -20,7 +20,7 @@ from data_schemas import exit_invalid
 from flows.config import DistillConfig
 from flows.plan import plan
 from flows.publish import publish_data, publish_plan, publish_report, publish_trainings
-from flows.runner import announce, run_call, run_curation, run_side_by_side, warn_small_training_sets
+from flows.runner import announce, run_call, run_curation, run_side_by_side, run_students, warn_small_training_sets
 from mcckd import report
 from mcckd.teachers import record_distilled
 
@@ -33,25 +33,33 @@ def distill(config: DistillConfig) -> dict:
     publish_plan(announce(p.calls, "distill"), "distill-plan")
     run_call(config, p.source)
     run_curation(config, p.curation)
-    judge, select, decontaminate, trainset = p.curation
-    publish_data(p.source, judge, select, decontaminate, trainset)
-    warnings = warn_small_training_sets(config.students, {"": trainset.out}, config.min_rationales)
+    c = p.curation
+    publish_data(p.source, c.judge, c.select, c.decontaminate, c.materialize)
+    warnings = warn_small_training_sets(config.students, {"": c.materialize.out}, config.min_rationales)
 
-    run_side_by_side(config, p.trains, config.parallel_trains)
-    publish_trainings(p.trains)
+    run_students(config, p.students)
+    publish_trainings(p.students)
     evaluated = run_side_by_side(config, p.evaluations, config.parallel_evals)
+    for call in p.exports.values():
+        run_call(config, call)
 
     evals: report.EvalDirs = {}
     for (name, seed), ref in evaluated.items():
         evals.setdefault(name, {})[seed] = ref.path
     n_questions = report.stage_summary(p.source.out)["questions"]
-    counts = report.data_counts(n_questions, p.source.out, judge.out, select.out, decontaminate.out)
+    counts = report.data_counts(n_questions, p.source.out, c.judge.out, c.select.out, c.decontaminate.out)
     metrics = report.build_metrics(evals, counts, baseline=config.baseline_method) | {"warnings": warnings}
+    chosen: dict[str, dict[int, Path]] = {}
+    for (name, seed), student in p.students.items():
+        if student.choose is not None:
+            chosen.setdefault(name, {})[seed] = student.choose.out
+    metrics["checkpoints"] = report.checkpoint_choices(chosen)
     train_dirs: dict[str, dict[int, Path]] = {}
-    for (name, seed), call in p.trains.items():
-        train_dirs.setdefault(name, {})[seed] = call.out
-    stage_dirs = {call.stage: call.out for call in (p.source, *p.curation)}
-    stage_dirs |= {call.label: call.out for call in (*p.trains.values(), *p.evaluations.values())}
+    for (name, seed), student in p.students.items():
+        train_dirs.setdefault(name, {})[seed] = student.train.out
+    curation = (p.source, *p.curation)
+    stage_dirs = {call.stage: call.out for call in curation}
+    stage_dirs |= {call.label: call.out for call in p.calls if call not in curation}
     path = report.write_report(config.report_dir, metrics, stage_dirs, train_dirs, evals, warnings=warnings)
     publish_report(config.report_dir, path, metrics)
     record_distilled(config.store, p.teacher_fps)  # what redistill compares with

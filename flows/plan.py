@@ -9,6 +9,7 @@ planned by one function here, whichever flow uses them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -17,9 +18,11 @@ from pydantic import BaseModel
 
 from flows.config import DistillConfig, RunConfig
 from mcckd import report
-from mcckd.models import model_fingerprint
+from mcckd.models import model_fingerprint, model_id
 from mcckd.stages import STAGES, stage_fingerprint
+from mcckd.stages.choose import ChooseSettings
 from mcckd.stages.evaluate import EvaluateSettings
+from mcckd.stages.export import ExportSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.store import is_complete, path_fingerprint, stage_dir
 from mcckd.teachers import TeacherSpec, teacher_identity
@@ -86,33 +89,53 @@ def test_refs(config: RunConfig) -> dict[str, Ref]:
     return {split: file_ref(p) for split, p in config.test_sets.items()}
 
 
-class Curation(NamedTuple):
-    """The curation stages of one source of rationales, in the order they run."""
+@dataclass(frozen=True)
+class Curation:
+    """The curation stages of one source of rationales; iterating gives them in the order they run."""
 
     judge: StageCall
     select: StageCall
     decontaminate: StageCall  # selected, less the rationales of questions that overlap a test set
     materialize: StageCall
+    holdout: StageCall | None = None  # with config.validation: sets the validation questions aside first
+
+    def __iter__(self) -> Iterator[StageCall]:
+        calls = (self.holdout, self.judge, self.select, self.decontaminate, self.materialize)
+        return iter([c for c in calls if c is not None])
+
+    @property
+    def validation(self) -> Ref | None:
+        """The validation questions, or None without a validation split."""
+        return None if self.holdout is None else output_ref(self.holdout, "validation")
+
+
+def output_ref(call: StageCall, output: str) -> Ref:
+    """Another output than the main one of a planned stage, as an input of a later stage."""
+    return Ref(call.out, call.fingerprint, STAGES[call.stage].outputs[output].file)
 
 
 def plan_curation(config: RunConfig, samples: Ref, label: str = "") -> Curation:
-    """judge -> select -> decontaminate (against every test set, read with ``test_fields``) ->
-    materialize, on one source's samples."""
+    """[holdout ->] judge -> select -> decontaminate (against every test set, read with ``test_fields``,
+    and the validation questions) -> materialize, on one source's samples."""
     suffix = f" {label}" if label else ""
+    holdout, validation = None, {}
+    if config.validation is not None:
+        holdout = stage_call(config, "holdout", config.validation, {"samples": samples}, {}, f"holdout{suffix}")
+        samples, validation = holdout.ref, {"validation": output_ref(holdout, "validation")}
     judge = stage_call(config, "judge", config.judge, {"samples": samples}, {}, f"judge{suffix}")
     select = stage_call(config, "select", config.select, {"judged": judge.ref}, {}, f"select{suffix}")
     decontaminate = stage_call(
         config,
         "decontaminate",
         config.decontaminate.model_copy(update={"fields": config.test_fields}),
-        {"selected": select.ref} | test_refs(config),
+        {"selected": select.ref} | test_refs(config) | validation,
         {},
         f"decontaminate{suffix}",
     )
     materialize = stage_call(
         config, "materialize", config.materialize, {"selected": decontaminate.ref}, {}, f"materialize{suffix}"
     )
-    return Curation(judge, select, decontaminate, materialize)
+    return Curation(judge, select, decontaminate, materialize, holdout)
 
 
 def plan_source(config: DistillConfig, teacher_fps: dict[str, str]) -> StageCall:
@@ -165,19 +188,76 @@ def reference_models(
     return models
 
 
-def trained_model(call: StageCall, settings: TrainSettings) -> Model:
-    return Model(call.ref.input_path, call.fingerprint, asked_as(settings))
-
-
-def evaluate_call(config: RunConfig, model: Model, run_name: str) -> StageCall:
-    """How a model is evaluated: ``config.student_eval``'s decoding on every test set, under its run name."""
+def evaluate_call(config: RunConfig, model: Model, run_name: str, tests: dict[str, Ref] | None = None) -> StageCall:
+    """How a model is evaluated: ``config.student_eval``'s decoding on every test set (or on ``tests``,
+    e.g. the validation questions), under its run name."""
     decoding = config.student_eval.model_dump(include={"max_tokens", "samples", "temperature", "vllm", "max_questions"})
-    settings = EvaluateSettings(
-        model=model.path, model_name=run_name, fields=config.test_fields, **model.asked, **decoding
+    fields = config.test_fields if tests is None else {}
+    settings = EvaluateSettings(model=model.path, model_name=run_name, fields=fields, **model.asked, **decoding)
+    refs = test_refs(config) if tests is None else tests
+    return stage_call(config, "evaluate", settings, refs, {"model": model.fingerprint}, f"evaluate {run_name}")
+
+
+class Student(NamedTuple):
+    """One (method, seed): its training and, with a validation split, each epoch's checkpoint scored on
+    the validation questions and the choice among them; ``model`` is what the test sets evaluate."""
+
+    train: StageCall
+    validations: dict[str, StageCall]  # checkpoint (epoch-N) -> its evaluation on the validation questions
+    choose: StageCall | None
+    model: Model
+
+    @property
+    def calls(self) -> list[StageCall]:
+        return [self.train, *self.validations.values(), *([self.choose] if self.choose else [])]
+
+
+def plan_student(
+    config: RunConfig, settings: TrainSettings, trainset: Ref, validation: Ref | None, name: str, seed: int
+) -> Student:
+    """train [-> evaluate every epoch on the validation questions -> choose the best]; ``name`` is the
+    (cell and) method."""
+    asked, run_name = asked_as(settings), f"{name}-seed{seed}"
+    if validation is None:
+        train = train_call(config, settings, trainset, f"train {name} seed {seed}")
+        return Student(train, {}, None, Model(train.ref.input_path, train.fingerprint, asked))
+    settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={"keep_epochs": True})})
+    train = train_call(config, settings, trainset, f"train {name} seed {seed}")
+    folder = output_ref(train, "checkpoints").input_path
+    validations = {
+        name: evaluate_call(
+            config,
+            Model(folder / name, f"{train.fingerprint}/{name}", asked),
+            f"{run_name} {name}",
+            {"validation": validation},
+        )
+        for name in (f"epoch-{e}" for e in range(1, settings.loop.epochs + 1))
+    }
+    scores = {name: output_ref(call, "predictions") for name, call in validations.items()}
+    inputs = {"checkpoints": output_ref(train, "checkpoints")} | scores
+    choose = stage_call(config, "choose", ChooseSettings(), inputs, {}, f"choose {name} seed {seed}")
+    return Student(train, validations, choose, Model(choose.ref.input_path, choose.fingerprint, asked))
+
+
+def export_call(
+    config: RunConfig, student: Student, method: str, evaluation: StageCall, trainset: Ref, data: str, name: str
+) -> StageCall:
+    """The chosen student as a folder with its model card (only with a validation split: the card
+    states the kept checkpoint)."""
+    settings = ExportSettings(
+        name=name,
+        method=method,
+        base_model_id=model_id(student.train.settings.base_model),
+        data=data,
+        train=student.train.settings,
     )
-    return stage_call(
-        config, "evaluate", settings, test_refs(config), {"model": model.fingerprint}, f"evaluate {run_name}"
-    )
+    inputs = {
+        "model": student.choose.ref,
+        "checkpoint_scores": output_ref(student.choose, "checkpoint_scores"),
+        "predictions": output_ref(evaluation, "predictions"),
+        "trainset": trainset,
+    }
+    return stage_call(config, "export", settings, inputs, {}, f"export {name}")
 
 
 def evaluation_calls(config: RunConfig, models: ModelRuns) -> dict[tuple[str, int | None], StageCall]:
@@ -192,13 +272,23 @@ def evaluation_calls(config: RunConfig, models: ModelRuns) -> dict[tuple[str, in
 class DistillPlan(NamedTuple):
     source: StageCall  # sample or import
     curation: Curation
-    trains: dict[tuple[str, int], StageCall]  # (method, seed)
+    students: dict[tuple[str, int], Student]  # (method, seed)
     evaluations: dict[tuple[str, int | None], StageCall]  # (model, seed): references, then students
+    exports: dict[tuple[str, int], StageCall]  # (method, seed): with a validation split
     teacher_fps: dict[str, str]
 
     @property
     def calls(self) -> list[StageCall]:
-        return [self.source, *self.curation, *self.trains.values(), *self.evaluations.values()]
+        students = [call for student in self.students.values() for call in student.calls]
+        return [self.source, *self.curation, *students, *self.evaluations.values(), *self.exports.values()]
+
+
+def data_description(config: DistillConfig) -> str:
+    """Where a distillation's rationales come from, as a model card says it."""
+    if config.sample is None:
+        return f"Recorded rationales from `{config.recorded.name}` ({config.recorded_as.teacher_name})"
+    teachers = ", ".join(model_id(t.model) if t.backend == "vllm" else t.name for t in config.teachers)
+    return f"Rationales sampled from {teachers} on the questions of `{config.train_questions.name}`"
 
 
 def plan(config: DistillConfig) -> DistillPlan:
@@ -207,13 +297,22 @@ def plan(config: DistillConfig) -> DistillPlan:
     source = plan_source(config, teacher_fps)
     curation = plan_curation(config, source.ref)
     trainset = curation.materialize.ref
-    trains = {
-        (name, seed): train_call(config, method.for_seed(seed), trainset, f"train {name} seed {seed}")
+    students = {
+        (name, seed): plan_student(config, method.for_seed(seed), trainset, curation.validation, name, seed)
         for name, method in config.students.items()
         for seed in method.seeds
     }
     base = next(iter(config.students.values())).train
     models = reference_models(config, config.teachers, teacher_fps, base)
-    for (name, seed), call in trains.items():
-        models.setdefault(name, {})[seed] = trained_model(call, config.students[name].train)
-    return DistillPlan(source, curation, trains, evaluation_calls(config, models), teacher_fps)
+    for (name, seed), student in students.items():
+        models.setdefault(name, {})[seed] = student.model
+    evaluations = evaluation_calls(config, models)
+    data, base_name = data_description(config), model_id(base.base_model).split("/")[-1]
+    exports = {
+        (name, seed): export_call(
+            config, student, name, evaluations[name, seed], trainset, data, f"{base_name}-{name}-seed{seed}"
+        )
+        for (name, seed), student in students.items()
+        if student.choose is not None
+    }
+    return DistillPlan(source, curation, students, evaluations, exports, teacher_fps)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.plan import StageCall
+from flows.plan import StageCall, Student
 from mcckd import report, sweep
 from mcckd.stages import output
 
@@ -59,13 +59,18 @@ def publish_data(source: StageCall, judge: StageCall, select: StageCall, deconta
     )
 
 
-def publish_trainings(trains: dict[tuple[str, int], StageCall]) -> None:
-    """Each training's summary and loss curve."""
-    for (name, seed), call in trains.items():
+def publish_trainings(students: dict[tuple[str, int], Student]) -> None:
+    """Each training's summary and loss curve; with a validation split, each checkpoint's validation
+    accuracy and the one kept."""
+    for (name, seed), student in students.items():
         key = f"train-{name.replace('_', '-')}-seed{seed}"
-        _summary(key, call)
-        plot = output("train", call.out, "loss_plot")
+        _summary(key, student.train)
+        plot = output("train", student.train.out, "loss_plot")
         create_image_artifact(image_url=report.data_url(plot), key=f"{key}-loss", description=str(plot))
+        if student.choose is not None:
+            _summary(f"choose-{name.replace('_', '-')}-seed{seed}", student.choose)
+            plot = output("choose", student.choose.out, "plot")
+            create_image_artifact(image_url=report.data_url(plot), key=f"{key}-validation", description=str(plot))
 
 
 def publish_report(report_dir: Path, report_path: Path, metrics: dict) -> None:

@@ -16,7 +16,7 @@ from prefect.states import State
 from tqdm.auto import tqdm
 
 from flows.config import RunConfig, StudentMethod
-from flows.plan import Curation, Ref, StageCall
+from flows.plan import Curation, Ref, StageCall, Student
 from mcckd import report
 from mcckd.stages import STAGES
 from tasks.stages import TASKS
@@ -84,6 +84,17 @@ def run_side_by_side(config: RunConfig, calls: dict[K, StageCall], at_once: int)
             future.result()  # raises the stage's failure
             say(calls[key].label, calls[key].out, future.state)
     return {key: call.ref for key, call in calls.items()}
+
+
+def run_students(config: RunConfig, students: dict[K, Student]) -> None:
+    """Every training side by side, then (with a validation split) every checkpoint's validation
+    evaluation side by side, then each choice."""
+    run_side_by_side(config, {key: s.train for key, s in students.items()}, config.parallel_trains)
+    checkpoints = {(key, name): call for key, s in students.items() for name, call in s.validations.items()}
+    run_side_by_side(config, checkpoints, config.parallel_evals)
+    for student in students.values():
+        if student.choose is not None:
+            run_call(config, student.choose)
 
 
 def announce(calls: list[StageCall], what: str) -> list[dict]:

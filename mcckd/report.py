@@ -27,6 +27,7 @@ from mcckd.stages.spec import LEDGER
 from mcckd.store import read_manifest
 
 PLOTS = ("accuracy.png", "training_curves.png", "teacher_gap.png")
+VALIDATION_PLOT = "validation.png"  # with a validation split
 UNTRAINED = "untrained"  # the reference model every flow evaluates: the student's base, as its students are asked
 EvalDirs = dict[str, dict[int | None, Path]]  # model -> seed (None: not a trained student) -> evaluate folder
 
@@ -46,7 +47,11 @@ def stage_line(label: str, out_dir: Path, cached: bool) -> str:
     """One console line for a finished stage: what it produced, its time, whether it was reused."""
     manifest = read_manifest(out_dir)
     s = manifest["summary"]
-    if "accuracy" in s:
+    if "chosen" in s:
+        what = f"kept {s['chosen']}, validation " + ", ".join(
+            f"{name} {acc:.3f}" for name, acc in s["validation_accuracy"].items()
+        )
+    elif "accuracy" in s:
         what = ", ".join(f"{split} {acc:.3f}" for split, acc in s["accuracy"].items())
     elif "steps" in s:
         what = f"{s['steps']} steps, final cross-entropy {s['final_cross_entropy']:.3f}"
@@ -398,6 +403,48 @@ def inline_images(markdown: str, folder: Path) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", embed, markdown)
 
 
+def checkpoint_choices(choose_dirs: dict[str, dict[int, Path]]) -> dict:
+    """Each (method, seed)'s validation accuracy by checkpoint and the one kept (the choose stages)."""
+    choices: dict = {}
+    for name, runs in choose_dirs.items():
+        for seed, d in sorted(runs.items()):
+            s = stage_summary(d)
+            choices.setdefault(name, {})[str(seed)] = {
+                "validation_accuracy": s["validation_accuracy"],
+                "chosen": s["chosen"],
+                "questions": s["validation_questions"],
+            }
+    return choices
+
+
+def checkpoint_text(checkpoints: dict) -> str:
+    """The report's checkpoint-selection table and plot; nothing without a validation split."""
+    if not checkpoints:
+        return ""
+    runs = [(name, seed, run) for name, seeds in checkpoints.items() for seed, run in seeds.items()]
+    names = list(runs[0][2]["validation_accuracy"])
+    rows = [
+        f"| {name} | {seed} | "
+        + " | ".join(
+            f"**{a:.3f}**" if c == run["chosen"] else f"{a:.3f}" for c, a in run["validation_accuracy"].items()
+        )
+        + f" | {run['chosen']} |"
+        for name, seed, run in runs
+    ]
+    return f"""
+### Checkpoint selection
+
+Each epoch's model answered the {runs[0][2]["questions"]} held-out validation questions (greedy, never
+trained on); the most accurate was kept (a tie goes to the earliest) and is the one evaluated above.
+
+| student | seed | {" | ".join(names)} | kept |
+|---|---:|{"---:|" * len(names)}---|
+{chr(10).join(rows)}
+
+![validation accuracy by checkpoint]({VALIDATION_PLOT})
+"""
+
+
 def write_plots(report_dir: Path, metrics: dict, train_dirs: dict[str, dict[int, Path]]) -> None:
     logs = {
         name: [pq.read_table(output("train", d, "train_log")).to_pylist() for _, d in sorted(runs.items())]
@@ -407,6 +454,8 @@ def write_plots(report_dir: Path, metrics: dict, train_dirs: dict[str, dict[int,
     colours = plots.model_colours(plots.model_names(metrics))
     plots.plot_training_curves(logs, report_dir / "training_curves.png", colours)
     plots.plot_teacher_gap(metrics, report_dir / "teacher_gap.png")
+    if metrics.get("checkpoints"):
+        plots.plot_validation(metrics["checkpoints"], report_dir / VALIDATION_PLOT, colours)
 
 
 def write_report(
@@ -492,7 +541,7 @@ Jaccard similarity to the others kept: {fmt(select["mean_max_similarity"])}.
 {chr(10).join(training)}
 
 ![training curves](training_curves.png)
-
+{checkpoint_text(metrics.get("checkpoints", {}))}
 ## Reproducibility
 
 Commit {environment["commit"]}; Python {environment["python"]} on {environment["platform"]}.

@@ -56,10 +56,10 @@ def test_plan_states_every_stage_and_the_budget_leaves_out_whole_runs(tmp_path):
     # 2 cells x (sample, judge, select, decontaminate, materialize); teacher + untrained; 2 cells x 2 methods x 2 seeds
     assert stages.count("sample") == stages.count("decontaminate") == stages.count("materialize") == 2
     assert stages.count("train") == 8 and stages.count("evaluate") == 2 + 8
-    assert {row["state"] for row in plan.rows()} == {"to run"} and len(plan.trains) == 8 and not plan.left_out
+    assert {row["state"] for row in plan.rows()} == {"to run"} and len(plan.students) == 8 and not plan.left_out
     limited = config.model_copy(update={"budget": 2 + 5})  # the 2 reference evaluations, then 2 whole runs
     plan = plan_sweep(limited)
-    assert len(plan.trains) == len(plan.evaluations) == 2 and len(plan.left_out) == 6
+    assert len(plan.students) == len(plan.evaluations) == 2 and len(plan.left_out) == 6
     assert sum(row["state"] == "left out (budget)" for row in plan.rows()) == 12  # train and evaluate of each
     assert not {c.fingerprint for c in plan.calls} & {c.fingerprint for pair in plan.left_out.values() for c in pair}
 

@@ -20,13 +20,38 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from data_schemas import InputError
-from mcckd.stages import decontaminate, evaluate, import_recorded, judge, materialize, sample, select, train
+from mcckd.stages import (
+    choose,
+    decontaminate,
+    evaluate,
+    export,
+    holdout,
+    import_recorded,
+    judge,
+    materialize,
+    sample,
+    select,
+    train,
+)
 from mcckd.stages.spec import StageSpec
 from mcckd.store import atomic_stage_dir, fingerprint, is_complete, read_manifest, stage_lock, wait_for_launch_leader
 
 # In pipeline order: each module's ``STAGE`` and its ``run``.
 _MODULES = {
-    m.STAGE.name: m for m in (sample, import_recorded, judge, select, decontaminate, materialize, train, evaluate)
+    m.STAGE.name: m
+    for m in (
+        sample,
+        import_recorded,
+        holdout,
+        judge,
+        select,
+        decontaminate,
+        materialize,
+        train,
+        evaluate,
+        choose,
+        export,
+    )
 }
 STAGES: dict[str, StageSpec] = {name: m.STAGE for name, m in _MODULES.items()}
 

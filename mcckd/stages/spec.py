@@ -50,6 +50,7 @@ class StageSpec:
     # every other input is named after the stage output it reads (a test holds the stages to it).
     user_files: tuple[str, ...] = ()
     test_sets: bool = False  # takes the run's test sets as inputs too (decontaminate, evaluate)
+    evaluations: bool = False  # takes one evaluation's predictions per checkpoint, named by it (choose)
     uses_accelerator: bool = False  # runs in its own process, so GPU memory is returned when it ends
     resumable: bool = False  # ``run`` takes a ``work_dir`` that outlives a killed run
     retries: int = 0  # Prefect task retries (sampling and evaluation hit flaky engines and servers)

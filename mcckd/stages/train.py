@@ -6,13 +6,17 @@ the student reads them (loss mask marked), the CE and consistency per step, the 
 plot, and the ledger of rationales the student's tokenizer could not align. Std-CoT is
 ``alpha = 0``; MCC-KD adds alpha x the answer-span consistency between a question's rationales.
 
-Checkpoints live in the work folder, so a killed run resumes. Many GPUs (or CPU processes):
+With ``loop.keep_epochs`` the model after every epoch is kept too (``checkpoints/epoch-N``, each a
+model folder with the tokenizer, in the base model's dtype): the ``choose`` stage keeps the one
+that answers the validation questions best. Resumable checkpoints live in the work folder, so a
+killed run resumes. Many GPUs (or CPU processes):
 ``processes = N`` (the flow runs ``torch.distributed.run --nproc_per_node N -m mcckd train``), DDP;
 rank 0 writes the output.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,11 +44,14 @@ class TrainSettings(Settings):
 STAGE = StageSpec(
     name="train",
     settings=TrainSettings,
-    version=3,
+    version=3,  # keep_epochs adds checkpoints; without it the output is unchanged
     inputs=("trainset",),
     outputs={
         "model": Output("model", description="weights and tokenizer (the best dev checkpoint with a dev split)"),
         "rejections": LEDGER,
+        "checkpoints": Output(
+            "checkpoints", description="with loop.keep_epochs: epoch-N, the model after each epoch (base's dtype)"
+        ),
         "rendered_examples": Output(
             "rendered_examples.txt", description="the first questions, as the student reads them"
         ),
@@ -96,7 +103,7 @@ def plot_losses(log: list[dict], dev_log: list[dict], path: Path) -> None:
 
 def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from mcckd.models import resolve_model
     from mcckd.rendering import Renderer
@@ -117,11 +124,24 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
     if not train:
         raise ValueError(f"{trainset}: no trainable question left ({len(rejected)} rejected, {len(dev)} in dev)")
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    base_dtype = AutoConfig.from_pretrained(str(base)).dtype or torch.float32
     result = train_causal_lm(
-        model, pad_id(tokenizer), train, settings.loop, work_dir, dev, desc=f"train alpha={settings.loop.alpha}"
+        model,
+        pad_id(tokenizer),
+        train,
+        settings.loop,
+        work_dir,
+        dev,
+        desc=f"train alpha={settings.loop.alpha}",
+        snapshot_dtype=base_dtype if isinstance(base_dtype, torch.dtype) else getattr(torch, base_dtype),
     )
     result.model.save_pretrained(str(STAGE.path(out_dir)))
     tokenizer.save_pretrained(str(STAGE.path(out_dir)))
+    epochs = sorted((work_dir / "epochs").glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
+    for folder in epochs:
+        tokenizer.save_pretrained(str(folder))
+        STAGE.path(out_dir, "checkpoints").mkdir(exist_ok=True)
+        shutil.move(folder, STAGE.path(out_dir, "checkpoints") / folder.name)
     STAGE.write(out_dir, "train_log", pa.Table.from_pylist(result.log, schema=TRAIN_LOG))
     STAGE.write(out_dir, "dev_log", pa.Table.from_pylist(result.dev_log, schema=DEV_LOG))
     plot_losses(result.log, result.dev_log, STAGE.path(out_dir, "loss_plot"))
@@ -132,6 +152,7 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
         "rationales": sum(len(g) for g in train),
         "rejected": len(rejected),
         "steps": len(result.log),
+        "checkpoints": [folder.name for folder in epochs],
         "resumed_from_step": result.resumed_from,
         "best_step": result.best_step,
         "final_cross_entropy": result.log[-1]["cross_entropy"],

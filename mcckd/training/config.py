@@ -61,6 +61,11 @@ class TrainConfig(Settings):
     eval_every: int = Field(
         0, ge=0, description="optimizer steps between dev evaluations; 0 = at the end of each epoch"
     )
+    keep_epochs: bool = Field(
+        False,
+        description="save the model after every epoch (the train stage's checkpoints/epoch-N), for the choose "
+        "stage to keep the best by validation accuracy",
+    )
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between resumable checkpoints; 0 = none")
     seed: int = Field(0, ge=0, description="RNG seed (set_seed): data order, sampled pairs, new weights; >= 0 (numpy)")
 

@@ -8,10 +8,14 @@ Resumable: every ``checkpoint_every`` optimizer steps the model, optimizer, sche
 rank's RNG and the step counter (which fixes the data position: batches are a pure function of
 seed and epoch) go to ``work_dir/checkpoints/step-N``; a new run with the same ``work_dir``
 continues from the newest one and its loss log continues as if never interrupted.
+
+With ``keep_epochs`` the model is also saved at the end of every epoch, as a plain model folder in
+``work_dir/epochs/epoch-N`` (in ``snapshot_dtype``): what checkpoint selection evaluates.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -141,6 +145,27 @@ def save_checkpoint(accelerator: Accelerator, root: Path, step: int, state: dict
     accelerator.wait_for_everyone()
 
 
+def save_epoch(accelerator: Accelerator, model, cfg: TrainConfig, path: Path, dtype: torch.dtype) -> None:
+    """The model as a plain folder (LoRA merged into a copy), written to a temp folder and renamed:
+    a resumed run that replays the epoch's last step writes it again."""
+    weights = accelerator.get_state_dict(model)  # a collective under FSDP/DeepSpeed
+    if not accelerator.is_main_process:
+        return
+    plain = accelerator.unwrap_model(model)
+    if cfg.lora is not None:
+        plain = copy.deepcopy(plain).merge_and_unload()
+        weights = plain.state_dict()
+    tmp = path.with_name(f"tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained_dtype, plain.config.dtype = plain.config.dtype, dtype
+    try:
+        plain.save_pretrained(str(tmp), state_dict={k: v.detach().to("cpu", dtype) for k, v in weights.items()})
+    finally:
+        plain.config.dtype = trained_dtype
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
 def weight_hash(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -164,6 +189,7 @@ def train_causal_lm(
     work_dir: Path,
     dev: list[list[Encoded]] = (),
     desc: str = "train",
+    snapshot_dtype: torch.dtype = torch.float32,
 ) -> TrainResult:
     """Train on grouped rationales, resuming from ``work_dir`` if an earlier run left checkpoints."""
     set_seed(cfg.seed)
@@ -232,6 +258,8 @@ def train_causal_lm(
                 if accelerator.is_main_process:
                     torch.save(weights, best_path.with_suffix(".tmp"))
                     os.replace(best_path.with_suffix(".tmp"), best_path)
+        if cfg.keep_epochs and (step == len(plan) or plan[step][0] != epoch):
+            save_epoch(accelerator, model, cfg, work_dir / "epochs" / f"epoch-{epoch + 1}", snapshot_dtype)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < len(plan):
             state["step"], state["seconds"] = step, time.perf_counter() - started
             save_checkpoint(accelerator, ckpt_root, step, {**state, "pair_rng": pair_rng.get_state().tolist()})

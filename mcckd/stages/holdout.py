@@ -1,0 +1,77 @@
+"""Stage 1b, holdout (between the source and judge): set aside validation questions that are never
+trained on, before anything is judged or selected.
+
+In: the samples (``SAMPLES``). Out (``STAGE.outputs``): the samples of the other questions (what
+judge reads) and the validation questions with their gold answers (``QUESTIONS``), which pick the
+checkpoint a training keeps (the ``choose`` stage) and which decontamination treats as it treats
+the test sets. A question is held out by a hash of (seed, question id), so the split does not move
+when the file is reordered or grows, and the count is exact: the ``fraction`` of the questions
+that have a gold answer (one without cannot validate anything; it stays, and judge rejects it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+from pydantic import Field
+
+from data_schemas import QUESTIONS, SAMPLES, InputError, read_table
+from mcckd.answers import answer_kind
+from mcckd.settings import Settings
+from mcckd.stages.spec import SAMPLES_FILE, Output, StageSpec
+
+
+class HoldoutSettings(Settings):
+    fraction: float = Field(
+        0.15, gt=0, lt=1, description="share of the questions (with a gold answer) held out for validation"
+    )
+    seed: int = Field(0, ge=0, description="which questions: a hash of (seed, question id)")
+
+
+STAGE = StageSpec(
+    name="holdout",
+    settings=HoldoutSettings,
+    version=1,
+    inputs=("samples",),
+    outputs={
+        "samples": SAMPLES_FILE,
+        "validation": Output("validation.parquet", QUESTIONS, "the held-out questions with their gold answers"),
+    },
+)
+
+
+def rank(seed: int, question_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}:{question_id}".encode()).digest()
+
+
+def held_out(questions: dict[str, dict], settings: HoldoutSettings) -> set[str]:
+    """The ids of the validation questions: the lowest hashes among those with a gold answer."""
+    eligible = sorted(
+        (q for q, row in questions.items() if answer_kind(row["answer"])), key=lambda q: rank(settings.seed, q)
+    )
+    return set(eligible[: round(settings.fraction * len(eligible))])
+
+
+def run(settings: HoldoutSettings, out_dir: Path, samples: Path) -> dict:
+    table = read_table(samples, SAMPLES)
+    questions: dict[str, dict] = {}
+    for i, row in enumerate(table.select(["question_id", "question", "answer"]).to_pylist()):
+        first = questions.setdefault(row["question_id"], row)
+        if first["question"] != row["question"] or first["answer"] != row["answer"]:
+            raise InputError(
+                f"{samples}: row {i}: question_id {row['question_id']!r} has another question or gold answer "
+                "than its first row"
+            )
+    validation = held_out(questions, settings)
+    keep = [q not in validation for q in table.column("question_id").to_pylist()]
+    STAGE.write(out_dir, "samples", table.filter(pa.array(keep, pa.bool_())))
+    STAGE.write(out_dir, "validation", [questions[q] for q in sorted(validation)])
+    return {
+        "questions": len(questions) - len(validation),
+        "validation_questions": len(validation),
+        "samples": sum(keep),
+        "held_out_samples": len(keep) - sum(keep),
+        "without_gold_answer": sum(not answer_kind(row["answer"]) for row in questions.values()),
+    }
