@@ -1,4 +1,5 @@
-# Slim image: the Prefect server, the CPU worker and the cheap stages (judge, select, materialize).
+# Slim image: the Prefect server, the CPU worker and the cheap stages (holdout, judge, select, decontaminate,
+# materialize, choose, export).
 # No torch, no vLLM:  docker build -f containers/slim.Dockerfile -t mcckd-slim .
 #   docker run mcckd-slim python -m mcckd judge --in samples=/runs/import --out /runs/judged
 FROM python:3.11-slim

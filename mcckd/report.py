@@ -27,7 +27,7 @@ from mcckd.stages.spec import LEDGER
 from mcckd.store import read_manifest
 
 PLOTS = ("accuracy.png", "training_curves.png", "teacher_gap.png")
-VALIDATION_PLOT = "validation.png"  # with a validation split
+VALIDATION_PLOT = "checkpoint_selection.png"  # with a validation split
 UNTRAINED = "untrained"  # the reference model every flow evaluates: the student's base, as its students are asked
 EvalDirs = dict[str, dict[int | None, Path]]  # model -> seed (None: not a trained student) -> evaluate folder
 

@@ -27,6 +27,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mcckd.settings import added_later_at_default
+
 MANIFEST = "manifest.json"
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ def fingerprint(*parts: Any) -> str:
 
     def plain(x: Any) -> Any:
         if isinstance(x, BaseModel):
-            return {"__model__": type(x).__name__, **x.model_dump(mode="json")}
+            return {"__model__": type(x).__name__, **x.model_dump(mode="json", exclude=added_later_at_default(x))}
         if isinstance(x, Path):
             return str(x)
         return x

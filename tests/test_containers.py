@@ -132,7 +132,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 import flows.distill, flows.stage, flows.redistill, flows.demo, flows.ui, flows.sweep, flows.real
 from mcckd.stages import STAGES  # every stage's declaration and module: none may load torch at import
-assert len(STAGES) == 8, STAGES
+assert len(STAGES) == 11, STAGES
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

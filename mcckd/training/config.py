@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mcckd.settings import Settings
+from mcckd.settings import ADDED_LATER, Settings
 from mcckd.training import uses_consistency_term
 
 
@@ -65,6 +65,7 @@ class TrainConfig(Settings):
         False,
         description="save the model after every epoch (the train stage's checkpoints/epoch-N), for the choose "
         "stage to keep the best by validation accuracy",
+        json_schema_extra=ADDED_LATER,
     )
     checkpoint_every: int = Field(50, ge=0, description="optimizer steps between resumable checkpoints; 0 = none")
     seed: int = Field(0, ge=0, description="RNG seed (set_seed): data order, sampled pairs, new weights; >= 0 (numpy)")
