@@ -31,6 +31,7 @@ from mcckd import report, sweep
 from mcckd.generation import VllmSettings
 from mcckd.paths import PROJECT_ROOT, SHARED_DATA
 from mcckd.readers import read_questions
+from mcckd.stages.holdout import HoldoutSettings
 from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.stages.select import SelectSettings
@@ -93,6 +94,11 @@ class RealSettings(Overrides):
         description="the students' loop: MCC-KD with its alpha, Std-CoT the same at alpha 0; full fine-tuning",
     )
     seeds: list[int] = Field([0], min_length=1, description="training seeds of each method")
+    validation: HoldoutSettings | None = Field(
+        None,
+        description="hold out this share of the training questions: each epoch is kept and the best on them "
+        "evaluated and exported with a model card (None: the last epoch)",
+    )
     gsm8k: str = Field(
         "mcckd/GSM8K/dev.json",
         description="the GSM8K test file under data: the MCC-KD split (660, all GSM8K test questions) "
@@ -132,6 +138,7 @@ def real_config(settings: RealSettings, store: Path, report_dir: Path) -> Distil
         ),
         test_sets={"svamp_dev": svamp_dev, "asdiv": asdiv, "gsm8k": gsm8k},
         select=settings.select,
+        validation=settings.validation,
         students=methods,
         student_eval=student_eval(settings),
     )
@@ -170,6 +177,7 @@ def sweep_config(settings: RealSettings, store: Path, report_dir: Path) -> Sweep
         test_sets={"svamp_dev": svamp_dev, "asdiv": asdiv},
         recorded=cells,
         select=SelectSettings(k=1),
+        validation=settings.validation,
         methods={
             "std_cot": StudentMethod(train=TrainSettings(base_model=settings.student, loop=loop), seeds=settings.seeds)
         },

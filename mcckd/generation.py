@@ -37,6 +37,24 @@ class VllmSettings(Settings):
     max_num_seqs: int | None = Field(None, ge=1, description="sequences decoded together; None: vLLM's default")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def engine_dtype(settings: VllmSettings, on_cpu: bool) -> str:
+    """``auto`` on a CPU without native bf16 means float32: vLLM would run a bf16 model emulated
+    there (SmolLM2 on a 2-core AVX2 EPYC: 20 tokens/s in bf16, 32 in float32)."""
+    if settings.dtype == "auto" and on_cpu and not native_bf16():
+        return "float32"
+    return settings.dtype
+
+
 def cpu_engine_env() -> dict[str, str]:
     """How a one-process CPU engine runs fastest here (benchmarks/sampling.py measures it).
 
@@ -74,7 +92,7 @@ def open_llm(model_dir: Path, settings: VllmSettings, seed: int = 0) -> Iterator
         kv_bytes = kv_bytes or int(settings.memory_fraction * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     llm = LLM(
         model=str(model_dir),
-        dtype=settings.dtype,
+        dtype=engine_dtype(settings, current_platform.is_cpu()),
         max_model_len=settings.max_model_len,
         tensor_parallel_size=settings.tensor_parallel_size,
         gpu_memory_utilization=settings.memory_fraction,

@@ -3,7 +3,7 @@ built from the stage folders alone (so a report can be rebuilt from any store wi
 
 Every accuracy carries a 95% interval (Wilson for one run; a bootstrap over seeds and questions for
 several), and every student method is compared with the baseline on the same questions and seeds
-(paired bootstrap interval, exact McNemar p-value): see ``mcckd.stats``.
+(paired bootstrap over seeds and questions: interval and p-value): see ``mcckd.stats``.
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def comparisons(metrics: dict) -> str:
     if not metrics["paired"]:
         return "No paired comparison: the run has one student method (or its methods share no seed)."
     lines = [
-        "| comparison | test set | difference | 95% interval | p (exact McNemar) | |",
+        "| comparison | test set | difference | 95% interval | p (paired bootstrap over seeds and questions) | |",
         "|---|---|---:|---:|---:|---|",
     ]
     sentences = []

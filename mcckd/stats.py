@@ -10,11 +10,12 @@ Why these choices:
 - Several seeds get a two-level bootstrap: each replicate redraws seeds *and* questions with replacement, because
   both the training seed and the particular test questions drawn are sources of variance; resampling only one of
   them would make the interval too narrow.
-- Two models are compared with an exact McNemar test, because they answer the same questions: only the questions
-  on which they disagree carry information about which is better. Pooling the discordant (seed, question) pairs
-  over seeds treats them as independent, a known approximation (one question answered by three seeds is not three
-  independent questions), so the p-value can be optimistic; the paired bootstrap interval reported beside it does
-  not assume that independence.
+- Two models are compared on the same questions and seeds with the same two-level bootstrap, paired: each
+  replicate redraws seeds and questions and applies the draw to both models. The interval is its percentiles,
+  and the p-value its two-sided tail at zero. An exact McNemar test on the discordant (seed, question) pairs,
+  pooled over seeds, was used before: it treats a question answered by three seeds as three independent
+  questions, so a difference that one seed carries came out "p < 0.001" (``tests/test_stats.py``); the
+  bootstrap's p counts the seed as the source of variance it is. With one seed both redraw questions only.
 """
 
 from __future__ import annotations
@@ -79,33 +80,42 @@ def accuracy_interval(
 
 
 def _evidence(p_value: float, ci: list[float], confidence: float) -> tuple[bool, bool]:
-    """(McNemar's p is below the level, the paired interval excludes zero): a difference is significant
-    only when both hold, since McNemar pools (seed, question) pairs as if independent while the interval
-    also redraws the seeds, so a difference that only one seed carries is not called significant."""
+    """(the bootstrap p is below the level, the paired interval excludes zero): both read the same
+    bootstrap distribution, so they agree but for ties at zero; a difference is significant when both hold."""
     low, high = ci
     return p_value < 1 - confidence, low > 0 or high < 0
+
+
+def _bootstrap_p(samples: np.ndarray) -> float:
+    """Two-sided p of "no difference" from bootstrap replicates of a difference: twice the smaller share
+    of replicates at or beyond zero on either side, each count plus one (never exactly 0)."""
+    below, above = int(np.sum(samples <= 0)), int(np.sum(samples >= 0))
+    return float(min(1.0, 2 * (min(below, above) + 1) / (len(samples) + 1)))
 
 
 def paired_comparison(
     a: np.ndarray, b: np.ndarray, confidence: float = 0.95, n_resamples: int = 10_000, seed: int = 0
 ) -> dict:
-    """Accuracy of a minus b on the same seeds and questions, with a paired bootstrap interval and McNemar's p.
+    """Accuracy of a minus b on the same seeds and questions, with a paired bootstrap interval and p-value.
 
     The bootstrap applies the same redrawn seeds and questions to both models (the mean is linear, so that is
-    the bootstrap of the per-cell difference a - b). All values are plain Python types, ready for JSON.
+    the bootstrap of the per-cell difference a - b). ``a_only``/``b_only`` count the (seed, question) cells
+    only one model got right. All values are plain Python types, ready for JSON.
     """
     a, b = _as_matrix(a), _as_matrix(b)
     if a.shape != b.shape:
         raise ValueError(f"paired comparison needs matrices of the same shape, got a {a.shape} and b {b.shape}")
     a_only = int(np.sum(a & ~b))
     b_only = int(np.sum(~a & b))
-    p_value = float(binomtest(a_only, a_only + b_only, 0.5).pvalue) if a_only + b_only else 1.0
-    if a.shape[1]:
+    if a.shape[1] and a_only + b_only:
         diff = a.astype(float) - b.astype(float)
-        low, high = _percentile_interval(_bootstrap_means(diff, n_resamples, seed), confidence)
-        difference = float(diff.mean())
+        replicates = _bootstrap_means(diff, n_resamples, seed)
+        low, high = _percentile_interval(replicates, confidence)
+        difference, p_value = float(diff.mean()), _bootstrap_p(replicates)
+    elif a.shape[1]:  # the same answers everywhere
+        difference, low, high, p_value = 0.0, 0.0, 0.0, 1.0
     else:
-        difference, low, high = 0.0, -1.0, 1.0
+        difference, low, high, p_value = 0.0, -1.0, 1.0, 1.0
     return {
         "difference": difference,
         "ci95": [low, high],
@@ -131,13 +141,8 @@ def describe_comparison(name: str, split: str, result: dict) -> str:
     by_p, by_interval = _evidence(p, result["ci95"], confidence)
     if by_p and by_interval:
         verdict = f"significant at the {level} level."
-    elif by_p:
-        verdict = (
-            f"not significant: McNemar's p on the pooled (seed, question) pairs is below {level}, but the "
-            "interval, which also redraws the seeds, includes zero, so the difference depends on the training seed."
-        )
-    elif by_interval:
-        verdict = f"not significant: the interval excludes zero, but McNemar's p is not below {level}."
+    elif by_p or by_interval:
+        verdict = f"not significant: at the edge of the {level} level (p and interval disagree on a tie at zero)."
     else:
         verdict = "not significant — the data do not tell them apart."
     interval = f"{100 * confidence:.3g}% CI {low:.1f} to {high:.1f}, {p_text}"

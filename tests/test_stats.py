@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from scipy.stats import binomtest
 
 from mcckd.plots import plot_accuracy, plot_sweep_heatmaps, plot_teacher_gap, plot_training_curves
-from mcckd.stats import accuracy_interval, describe_comparison, paired_comparison, wilson_interval
+from mcckd.stats import _bootstrap_means, accuracy_interval, describe_comparison, paired_comparison, wilson_interval
 from mcckd.sweep import Cell
 
 
@@ -107,7 +107,7 @@ def test_clearly_better_model_is_detected():
     assert flipped["ci95"][1] < 0
 
 
-def test_p_value_is_exact_mcnemar_on_hand_counted_pairs():
+def test_p_value_is_the_two_sided_tail_of_the_paired_bootstrap():
     # Seed 0: a alone right on questions 0-5, b alone on 6-7; seed 1: a alone on 0-3, b alone on 4-6; rest agree.
     a = np.zeros((2, 20), dtype=bool)
     b = np.zeros((2, 20), dtype=bool)
@@ -116,25 +116,34 @@ def test_p_value_is_exact_mcnemar_on_hand_counted_pairs():
     a[1, :4] = True
     b[1, 4:7] = True
     a[:, 10:] = b[:, 10:] = True
-    result = paired_comparison(a, b)
+    result = paired_comparison(a, b, n_resamples=4000)
     assert (result["a_only"], result["b_only"]) == (10, 5)
-    assert result["p_value"] == pytest.approx(binomtest(10, 15, 0.5).pvalue)
     assert result["difference"] == pytest.approx((10 - 5) / 40)
+    replicates = _bootstrap_means(a.astype(float) - b.astype(float), 4000, 0)
+    tail = min(np.sum(replicates <= 0), np.sum(replicates >= 0))
+    assert result["p_value"] == pytest.approx(min(1.0, 2 * (tail + 1) / 4001))
+    # One seed, 400 questions, a alone right on 40 and b on 10: McNemar's exact p is 1.6e-5; the bootstrap,
+    # redrawing questions only, agrees that the difference is clear.
+    one_a, one_b = np.zeros(400, bool), np.zeros(400, bool)
+    one_a[:40], one_b[40:50] = True, True
+    assert paired_comparison(one_a, one_b)["p_value"] < 0.001
 
 
 def test_a_difference_one_seed_carries_is_not_significant():
-    # Seed 0: a alone right on 60 questions; seeds 1 and 2: b alone right on 10 each. Pooled, McNemar sees
-    # 60 against 20 (p < 0.001); redrawing seeds, a third of the replicates have no seed 0 and a below b.
+    # Seed 0: a alone right on 60 questions; seeds 1 and 2: b alone right on 10 each. Pooled over (seed,
+    # question) pairs, McNemar saw 60 against 20 (p < 0.001); redrawing seeds, a third of the replicates
+    # have no seed 0 and a below b, so the seed-aware p is large.
     a = np.zeros((3, 200), dtype=bool)
     b = np.zeros((3, 200), dtype=bool)
     a[0, :60] = True
     b[1, :10] = b[2, :10] = True
     result = paired_comparison(a, b)
-    assert result["p_value"] < 0.001
+    assert binomtest(60, 80, 0.5).pvalue < 0.001  # what the pooled test said
+    assert result["p_value"] > 0.2
     assert result["ci95"][0] < 0 < result["ci95"][1]
     assert result["significant"] is False
     text = describe_comparison("a - b", "id", result)
-    assert "not significant" in text and "depends on the training seed" in text
+    assert "not significant" in text and "do not tell them apart" in text
 
 
 def test_shape_mismatch_names_both_shapes():
