@@ -17,11 +17,13 @@ execute: the runs past it are listed as left out, not silently dropped.
 from __future__ import annotations
 
 import argparse
+import itertools
+from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from prefect import flow
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from tqdm.auto import tqdm
 
 from data_schemas import exit_invalid
@@ -49,6 +51,7 @@ from flows.runner import (
 from mcckd import plots, report, sweep
 from mcckd.paths import PROJECT_ROOT
 from mcckd.settings import Settings
+from mcckd.stages.holdout import HoldoutSettings
 from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.teachers import Sampling, TeacherSpec, teacher_identity
@@ -93,7 +96,16 @@ class SweepConfig(RunConfig):
     )
     tokenizer: Path | None = Field(None, description="for lengths in tokens; default: the first method's base model")
     rank_on: str | None = Field(None, description="test set that picks the recommended cell; default: the first")
-    budget: int | None = Field(None, ge=0, description="at most this many train + evaluate stages to execute")
+    budget: int | None = Field(
+        None, ge=0, description="at most this many student stages (train, validation, choose, evaluate) to execute"
+    )
+    axes: dict[str, list[Any]] = Field(
+        {},
+        description="further settings to vary, each combination a variant of every cell: a curation setting "
+        "(select.k, judge.*, decontaminate.*, materialize.*, validation.fraction) or a student one under train. "
+        "(train.loop.alpha, train.loop.epochs, train.loop.learning_rate, ...), applied to every method; "
+        'e.g. {"select.k": [2, 4], "train.loop.alpha": [0, 0.1, 1.0]} (alpha 0 is Std-CoT)',
+    )
 
     @model_validator(mode="after")
     def _cells(self) -> SweepConfig:
@@ -112,6 +124,11 @@ class SweepConfig(RunConfig):
         names = [c.name for c, _ in cell_sources(self)]
         if len(set(names)) != len(names):
             raise ValueError(f"two cells share a (teacher, format, granularity): {names}")
+        for path, values in self.axes.items():
+            if not values:
+                raise ValueError(f"axes.{path}: give at least one value")
+            for value in values:  # each value is checked against its setting's own bounds
+                apply_variant(self, {path: value})
         return self
 
 
@@ -141,14 +158,68 @@ def source_call(config: SweepConfig, cell: sweep.Cell, source: TeacherSpec | Rec
     return stage_call(config, "sample", settings, {"questions": file_ref(config.train_questions)}, identity, label)
 
 
-Run = tuple[sweep.Cell, str, int]  # (cell, method, seed)
+CURATION = ("judge", "select", "decontaminate", "materialize", "validation")  # RunConfig's curation settings
+
+
+def with_setting(model: BaseModel, path: str, value: Any, where: str) -> BaseModel:
+    """A validated copy of ``model`` with the dotted ``path`` set to ``value``: a bad value or an unknown
+    setting is one error naming ``where`` (the axis)."""
+    data = model.model_dump()
+    node = data
+    *parents, leaf = path.split(".")
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            raise ValueError(f"{where}: {type(model).__name__} has no settings group {key!r}")
+        node = node[key]
+    if leaf not in node:
+        raise ValueError(f"{where}: {type(model).__name__} has no setting {path!r}")
+    node[leaf] = value
+    try:
+        return type(model).model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ValueError(f"{where} = {value!r}: {problems}") from None
+
+
+def apply_variant(config: SweepConfig, variant: dict[str, Any]) -> tuple[SweepConfig, dict[str, StudentMethod]]:
+    """The run config (curation settings) and the methods (student settings) of one variant."""
+    updates: dict[str, BaseModel] = {}
+    methods = dict(config.methods)
+    for path, value in variant.items():
+        group, _, rest = path.partition(".")
+        where = f"axes.{path}"
+        if group in CURATION and rest:
+            current = updates.get(group) or getattr(config, group) or HoldoutSettings()  # validation may be off
+            updates[group] = with_setting(current, rest, value, where)
+        elif group == "train" and rest:
+            methods = {
+                name: m.model_copy(update={"train": with_setting(m.train, rest, value, where)})
+                for name, m in methods.items()
+            }
+        else:
+            raise ValueError(f"{where}: an axis is a curation setting ({', '.join(CURATION)}) or train.*")
+    return config.model_copy(update=updates), methods
+
+
+def variants(config: SweepConfig) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, in order (one empty variant when there are no axes)."""
+    return [dict(zip(config.axes, values, strict=True)) for values in itertools.product(*config.axes.values())]
+
+
+def variant_label(variant: dict[str, Any]) -> str:
+    """``k=4 alpha=0.1``: each axis by its last name."""
+    return " ".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in variant.items())
+
+
+Run = tuple[sweep.Cell, str, int]  # (cell with its variant, method, seed)
 
 
 class SweepPlan(NamedTuple):
-    """Every stage the sweep needs; the (cell, method, seed) runs past the budget are left out."""
+    """Every stage the sweep needs; the (cell, method, seed) runs past the budget are left out. A cell
+    here carries its variant: curations by the curation settings of theirs, runs by all of them."""
 
     sources: dict[sweep.Cell, StageCall]
-    curations: dict[sweep.Cell, Curation]
+    curations: dict[sweep.Cell, tuple[sweep.Cell, Curation]]  # curation cell -> (its source's cell, curation)
     references: dict[tuple[str, None], StageCall]  # the teachers' and the untrained base's evaluations
     students: dict[Run, Student]
     evaluations: dict[Run, StageCall]
@@ -157,10 +228,14 @@ class SweepPlan(NamedTuple):
     @property
     def calls(self) -> list[StageCall]:
         """What the run executes, in order."""
-        curations = [call for curation in self.curations.values() for call in curation]
+        curations = [call for _, curation in self.curations.values() for call in curation]
         students = [call for student in self.students.values() for call in student.calls]
         runs = [*self.references.values(), *students, *self.evaluations.values()]
-        return [*self.sources.values(), *curations, *runs]
+        calls = [*self.sources.values(), *curations, *runs]
+        unique: dict[tuple[str, str], StageCall] = {}  # variants that differ from select on share a judge
+        for call in calls:
+            unique.setdefault((call.stage, call.fingerprint), call)
+        return list(unique.values())
 
     def rows(self) -> list[dict]:
         """The plan table: every call, and the left-out ones as such."""
@@ -172,17 +247,27 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Every stage the sweep needs, with its fingerprint, before anything runs; the budget is spent
     on the reference evaluations first, then run by run in cell order."""
     sources = {cell: source_call(config, cell, source) for cell, source in cell_sources(config)}
-    curations = {cell: plan_curation(config, call.ref, label=cell.name) for cell, call in sources.items()}
+    curations: dict[sweep.Cell, tuple[sweep.Cell, Curation]] = {}
+    runs: list[tuple[sweep.Cell, Curation, dict[str, StudentMethod]]] = []  # (run cell, its curation, methods)
+    for cell, call in sources.items():
+        for variant in variants(config):
+            run_config, methods = apply_variant(config, variant)
+            curated = {k: v for k, v in variant.items() if k.split(".")[0] in CURATION}
+            curation_cell = replace(cell, variant=variant_label(curated))
+            if curation_cell not in curations:
+                curation = plan_curation(run_config, call.ref, label=curation_cell.name)
+                curations[curation_cell] = (cell, curation)
+            runs.append((replace(cell, variant=variant_label(variant)), curations[curation_cell][1], methods))
     references, students, evaluations, left_out = {}, {}, {}, {}
     budget = config.budget
     if config.methods:
         teachers = {t.name: teacher_identity(t) for t in config.teachers}
         base = next(iter(config.methods.values())).train
-        for name, runs in reference_models(config, config.teachers, teachers, base).items():
-            references[name, None] = call = evaluate_call(config, runs[None], name)
+        for name, model in reference_models(config, config.teachers, teachers, base).items():
+            references[name, None] = call = evaluate_call(config, model[None], name)
             budget = _spend(budget, [call])
-    for cell, curation in curations.items():
-        for method, spec in config.methods.items():
+    for cell, curation, methods in runs:
+        for method, spec in methods.items():
             for seed in spec.seeds:
                 name, trainset = f"{cell.name} {method}", curation.materialize.ref
                 student = plan_student(config, spec.for_seed(seed), trainset, curation.validation, name, seed)
@@ -212,10 +297,11 @@ def cot_sweep(config: SweepConfig) -> dict:
     left_out = [f"{cell.name} {method}-seed{seed}: {over}" for cell, method, seed in p.left_out]
 
     data: dict[sweep.Cell, sweep.CellData] = {}
-    for cell, source in p.sources.items():
+    for source in p.sources.values():
         run_call(config, source)
-        curation = p.curations[cell]
+    for cell, (source_cell, curation) in p.curations.items():
         run_curation(config, curation)
+        source = p.sources[source_cell]
         data[cell] = sweep.CellData(cell, source.out, curation.judge.out, curation.select.out, curation.materialize.out)
     tokenizer = _tokenizer(config)
     data_rows = [sweep.data_statistics(d, tokenizer) for d in data.values()]
@@ -223,7 +309,8 @@ def cot_sweep(config: SweepConfig) -> dict:
     left_out += [f"{c.name}: no training data (every rationale was rejected; see its ledger)" for c in empty]
     usable = {cell.name: d.trainset for cell, d in data.items() if cell not in empty}
     warnings = warn_small_training_sets(config.methods, usable, config.min_rationales)
-    students = {run: student for run, student in p.students.items() if run[0] not in empty}
+    empty_sets = {p.curations[cell][1].materialize.out for cell in empty}
+    students = {run: s for run, s in p.students.items() if s.train.inputs["trainset"].path not in empty_sets}
     run_students(config, students)
     # The references are read against the students: none trained, none evaluated.
     evaluations = (p.references if students else {}) | {run: p.evaluations[run] for run in students}
@@ -239,7 +326,8 @@ def cot_sweep(config: SweepConfig) -> dict:
     rank_on = config.rank_on or next(iter(config.test_sets), None)
     summary = sweep.summarize(list(cell_runs.values()), references, test_sets, rank_on)
     summary |= {"data": data_rows, "left_out": left_out, "warnings": warnings}
-    path = sweep.write_report(config.report_dir, rows, summary, cells=list(data))
+    cells = list(dict.fromkeys(cell for cell, _, _ in p.students))  # every run's cell, variant and all
+    path = sweep.write_report(config.report_dir, rows, summary, cells=cells)
     publish_sweep(config.report_dir, path, summary)
     return summary
 

@@ -196,12 +196,12 @@ def plot_teacher_gap(metrics: dict, path: Path, teacher: str = "teacher") -> Fig
 def plot_sweep_heatmaps(
     rows: list[dict], cells: list, test_set: str, path: Path, untrained: float | None = None
 ) -> Figure:
-    """Granularity x format accuracy of a CoT-factor sweep, one panel per (teacher, method); a cell
+    """Granularity x format accuracy of a CoT-factor sweep, one panel per (teacher, variant, method); a cell
     not run is blank. ``rows`` are ``mcckd.sweep.results`` rows, ``cells`` its ``Cell`` objects,
     ``untrained`` the base student's accuracy (in the title). The colour scale runs from 0 to the
     best cell rounded up to a tenth, shared by the panels: a weak student's cells still differ in colour."""
     plt = _pyplot()
-    teachers = list(dict.fromkeys(c.teacher for c in cells))
+    teachers = list(dict.fromkeys((c.teacher, c.variant) for c in cells))  # a row of panels each
     methods = list(dict.fromkeys(r["method"] for r in rows))
     formats = list(dict.fromkeys(c.cot_format for c in cells))
     levels = sorted(dict.fromkeys(c.granularity for c in cells), key=_level_order)
@@ -215,12 +215,12 @@ def plot_sweep_heatmaps(
         layout="constrained",
     )
     image = None
-    for i, teacher in enumerate(teachers):
+    for i, (teacher, variant) in enumerate(teachers):
         for j, method in enumerate(methods):
             ax = axes[i][j]
             grid = np.full((len(levels), len(formats)), np.nan)
             for c in cells:
-                if c.teacher == teacher and (c.name, method) in acc:
+                if (c.teacher, c.variant) == (teacher, variant) and (c.name, method) in acc:
                     a = acc[c.name, method]
                     y, x = levels.index(c.granularity), formats.index(c.cot_format)
                     grid[y, x] = a["mean"]
@@ -235,7 +235,7 @@ def plot_sweep_heatmaps(
             ax.set_yticks(range(len(levels)), levels)
             ax.set_xlabel("CoT format")
             ax.set_ylabel("granularity")
-            ax.set_title(f"{teacher} · {method}", fontsize=10)
+            ax.set_title(" · ".join(x for x in (teacher, variant, method) if x), fontsize=10)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label=f"accuracy on {test_set}")
     base = "" if untrained is None else f"; untrained student {untrained:.2f}"

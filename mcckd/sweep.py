@@ -24,16 +24,19 @@ from mcckd.store import read_manifest
 
 @dataclass(frozen=True)
 class Cell:
-    """One source of rationales and the two CoT factors it stands for."""
+    """One source of rationales and the two CoT factors it stands for; ``variant`` names the other
+    settings the sweep varies (its ``axes``: ``k=4 alpha=0.1``), empty when it varies none."""
 
     teacher: str
     cot_format: str
     granularity: str
     recorded: bool = False
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.teacher}/{self.cot_format}-{self.granularity}"
+        cot = f"{self.teacher}/{self.cot_format}-{self.granularity}"
+        return f"{cot} [{self.variant}]" if self.variant else cot
 
 
 @dataclass
@@ -73,6 +76,7 @@ def data_statistics(data: CellData, tokenizer) -> dict:
     correct = sum(verdict == "correct" for _, verdict in verdicts)
     return {
         "cell": data.cell.name,
+        "variant": data.cell.variant,
         "teacher": data.cell.teacher,
         "cot_format": data.cell.cot_format,
         "granularity": data.cell.granularity,

@@ -9,6 +9,7 @@ tokenizer was not made for, so training on them is tested at this small scale on
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,45 @@ def test_plan_states_every_stage_and_the_budget_leaves_out_whole_runs(tmp_path):
     assert len(plan.students) == len(plan.evaluations) == 2 and len(plan.left_out) == 6
     assert sum(row["state"] == "left out (budget)" for row in plan.rows()) == 12  # train and evaluate of each
     assert not {c.fingerprint for c in plan.calls} & {c.fingerprint for pair in plan.left_out.values() for c in pair}
+
+
+def test_axes_vary_any_setting_and_share_what_they_do_not_change(tmp_path):
+    """select.k changes curation from select on; train.* changes only the trainings; each combination
+    is a variant of every cell, named in its runs, and a curation shared by variants is planned once."""
+    config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
+    config = SweepConfig.model_validate(
+        config.model_dump() | {"axes": {"select.k": [1, 2], "train.loop.learning_rate": [1e-3, 2e-3]}}
+    )
+    plan = plan_sweep(config)
+    stages = [c.stage for c in plan.calls]
+    assert stages.count("sample") == stages.count("judge") == 1  # one cell: sampled and judged once
+    assert stages.count("select") == stages.count("materialize") == 2  # one curation per k
+    assert stages.count("train") == 2 * 2 * 2  # k x learning rate x (std_cot, mcc_kd), one seed
+    names = {cell.name for cell, _, _ in plan.students}
+    assert names == {f"demo-teacher/plain-1 [k={k} learning_rate={lr}]" for k in (1, 2) for lr in (0.001, 0.002)}
+    for (cell, method, _), student in plan.students.items():
+        k, lr = (float(part.split("=")[1]) for part in cell.variant.split())
+        assert student.train.settings.loop.learning_rate == lr and (method == "std_cot") == (
+            student.train.settings.loop.alpha == 0
+        )
+        curation = plan.curations[replace(cell, variant=f"k={int(k)}")][1]
+        assert student.train.inputs["trainset"] == curation.materialize.ref and curation.select.settings.k == k
+
+
+@pytest.mark.parametrize(
+    ("axes", "message"),
+    [
+        ({"select.k": [2, 0]}, r"axes.select.k = 0: k: Input should be greater than or equal to 1"),
+        ({"train.loop.alpha": [-1]}, r"axes.train.loop.alpha = -1: loop.alpha: Input should be greater than"),
+        ({"train.loop.epoch": [3]}, r"axes.train.loop.epoch: TrainSettings has no setting 'loop.epoch'"),
+        ({"seed": [1]}, r"axes.seed: an axis is a curation setting"),
+        ({"select.k": []}, r"axes.select.k: give at least one value"),
+    ],
+)
+def test_a_bad_axis_is_one_line_naming_it(tmp_path, axes, message):
+    config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
+    with pytest.raises(ValueError, match=message):
+        SweepConfig.model_validate(config.model_dump() | {"axes": axes})
 
 
 def test_a_sweep_needs_cells_and_names_what_is_missing(tmp_path):
