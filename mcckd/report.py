@@ -485,7 +485,8 @@ def write_report(
         for seed, d in sorted(runs.items()):
             s = stage_summary(d)
             training.append(
-                f"| {name} | {seed} | {s['steps']} | {s['final_cross_entropy']:.4f} | {s.get('dev_questions', 0)} "
+                f"| {name} | {seed} | {s['steps']} | {s['final_cross_entropy']:.4f} "
+                f"| {fmt(s.get('consistency_share'))} | {s.get('dev_questions', 0)} "
                 f"| {s.get('best_step') or 'last'} | {s['seconds']:.0f} |"
             )
     decoding = stage_summary(next(iter(next(iter(evals.values())).values())))
@@ -536,8 +537,8 @@ Jaccard similarity to the others kept: {fmt(select["mean_max_similarity"])}.
 
 ## Training
 
-| student | seed | steps | final cross-entropy | dev questions | kept step | seconds |
-|---|---:|---:|---:|---:|---:|---:|
+| student | seed | steps | final cross-entropy | consistency share of the loss | dev questions | kept step | seconds |
+|---|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(training)}
 
 ![training curves](training_curves.png)

@@ -138,7 +138,10 @@ def results(all_runs: list[CellRuns], test_sets: list[str]) -> list[dict]:
                 "ci95": list(stats.accuracy_interval(matrix)),
                 "per_seed": per_seed,
             }
-        row["train_seconds"] = sum(report.stage_summary(d)["seconds"] for d in runs.train.values())
+        trained = [report.stage_summary(d) for d in runs.train.values()]
+        row["train_seconds"] = sum(t["seconds"] for t in trained)
+        shares = [t["consistency_share"] for t in trained if "consistency_share" in t]
+        row["consistency_share"] = statistics.fmean(shares) if shares else None
         rows.append(row)
     return rows
 

@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_schemas import CHECKPOINTS, PREDICTIONS, QUESTIONS, SAMPLES, SELECTED, TRAINSET, read_table, write_table
+from data_schemas import (
+    CHECKPOINTS,
+    JUDGED,
+    PREDICTIONS,
+    QUESTIONS,
+    SAMPLES,
+    SELECTED,
+    TRAINSET,
+    read_table,
+    write_table,
+)
 from flows.config import DistillConfig, StudentMethod
 from flows.plan import plan
 from mcckd.demo_world.assets import STUDENT_BASE_DIR
@@ -53,6 +63,52 @@ def test_holdout_sets_aside_an_exact_share_of_questions_never_seen_by_training(t
     other = tmp_path / "other"
     execute("holdout", HoldoutSettings(fraction=0.25, seed=1), other, {"samples": path})
     assert {q["question_id"] for q in read_table(output("holdout", other, "validation"), QUESTIONS).to_pylist()} != held
+
+
+def test_questions_on_one_story_are_held_out_together_so_decontamination_removes_none(tmp_path):
+    """SVAMP writes several questions on one story body: held out one by one, the rest of each story
+    would be decontaminated away from training; held out by group (shared word 8-grams), none is."""
+    stories = [f"Story {i} tells that Paco had {i} sweet cookies and {i + 6} salty cookies in a jar" for i in range(30)]
+    rows = [
+        sample_row(f"s{i}-{j}", 0, "The answer is 8.") | {"question": f"{story}. Question {j}?"}
+        for i, story in enumerate(stories)
+        for j in range(3)
+    ]
+    path = write_table(rows, tmp_path / "in.parquet", SAMPLES)
+    out = tmp_path / "holdout"
+    summary = execute("holdout", HoldoutSettings(fraction=0.2), out, {"samples": path})
+    held = {q["question_id"] for q in read_table(output("holdout", out, "validation"), QUESTIONS).to_pylist()}
+    assert len(held) == 18 == 3 * summary["validation_groups"]  # 20% of 90 = 18: six whole stories
+    assert all({f"{q.split('-')[0]}-{j}" for j in range(3)} <= held for q in held)
+    training = read_table(output("holdout", out), SAMPLES).to_pylist()
+    selected = [
+        r | {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
+        for r in training
+    ]
+    sel = write_table(selected, tmp_path / "selected.parquet", SELECTED)
+    validation = output("holdout", out, "validation")
+    checked = execute(
+        "decontaminate", DecontaminateSettings(), tmp_path / "d", {"selected": sel, "validation": validation}
+    )
+    assert checked["contaminated"] == {"validation": 0}
+    one_by_one = tmp_path / "single"
+    execute("holdout", HoldoutSettings(fraction=0.2, group_ngram=None), one_by_one, {"samples": path})
+    singles = read_table(output("holdout", one_by_one), SAMPLES).to_pylist()
+    sel = write_table(
+        [
+            r | {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
+            for r in singles
+        ],
+        tmp_path / "s2.parquet",
+        SELECTED,
+    )
+    lost = execute(
+        "decontaminate",
+        DecontaminateSettings(),
+        tmp_path / "d2",
+        {"selected": sel, "validation": output("holdout", one_by_one, "validation")},
+    )
+    assert lost["contaminated"]["validation"] > 10  # the held-out questions' story siblings
 
 
 def test_holdout_on_no_rows_and_a_question_that_disagrees_with_itself(tmp_path):
@@ -226,3 +282,67 @@ def test_the_exported_student_loads_with_plain_transformers_and_carries_its_card
     assert "kept: **epoch-2**" in text and "| epoch-2 (kept) | 1.000 (2/2) |" in text
     assert "| validation | 4 | 0.500 | [" in text  # the test table with its interval
     assert "2 rationales of 1 questions" in text and "MCC-KD" in text and summary["checkpoint"] == "epoch-2"
+
+
+@pytest.mark.slow
+def test_a_run_with_validation_trains_on_no_validation_question_and_keeps_its_best_epoch(prefect_harness, tmp_path):
+    """The distill flow with a validation split, end to end (real vLLM, training, Prefect): the folders
+    written are exactly the plan's, no validation question reaches training, the kept checkpoint is the
+    best on validation (ties: the earliest), it is the model the test sets evaluate, and it is exported."""
+    from transformers import AutoModelForCausalLM
+
+    from flows.demo import DemoSettings, demo_config, demo_questions
+    from flows.distill import distill
+
+    store = tmp_path / "store"
+    settings = DemoSettings(
+        train_questions=12,
+        test_questions=3,
+        sample={"num_samples": 3},
+        loop={"epochs": 2, "questions_per_batch": 4},
+        seeds=[0],
+    )
+    config = demo_config(settings, demo_questions.fn(store, 12, 3, 0), store, tmp_path / "report")
+    config = config.model_copy(
+        update={
+            "validation": HoldoutSettings(fraction=0.25),
+            "evaluate_teachers": False,
+            "students": {"std_cot": config.students["std_cot"]},
+        }
+    )
+    planned = plan(config)
+    before = {p.parent for p in store.glob("*/*/manifest.json")}
+    metrics = distill(config)
+    written = {p.parent for p in store.glob("*/*/manifest.json")} - before
+    assert written == {c.out for c in planned.calls}
+
+    held = {
+        q["question_id"]
+        for q in read_table(output("holdout", planned.curation.holdout.out, "validation"), QUESTIONS).to_pylist()
+    }
+    assert len(held) == 3
+    trained = set(
+        read_table(output("materialize", planned.curation.materialize.out), TRAINSET).column("question_id").to_pylist()
+    )
+    judged = set(
+        read_table(output("judge", planned.curation.judge.out, "judged"), JUDGED).column("question_id").to_pylist()
+    )
+    assert trained and not held & trained and not held & judged
+
+    student = planned.students["std_cot", 0]
+    scores = []
+    for name, call in student.validations.items():
+        rows = read_table(output("evaluate", call.out, "predictions"), PREDICTIONS).to_pylist()
+        assert {r["question_id"] for r in rows} == held and {r["split"] for r in rows} == {"validation"}
+        scores.append((sum(r["correct"] for r in rows), name))
+    best = max(scores, key=lambda s: (s[0], -scores.index(s)))[1]
+    assert metrics["checkpoints"]["std_cot"]["0"]["chosen"] == best
+    assert planned.evaluations["std_cot", 0].settings.model == output("choose", student.choose.out)
+    exported = output("export", planned.exports["std_cot", 0].out)
+    assert AutoModelForCausalLM.from_pretrained(str(exported)).num_parameters() > 0
+    assert f"kept: **{best}**" in (exported / CARD).read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert (
+        "### Checkpoint selection" in report
+        and (tmp_path / "report" / "checkpoint_selection.png").stat().st_size > 5000
+    )

@@ -151,6 +151,42 @@ def test_recorded_svamp_cells_give_per_cell_data_statistics(prefect_harness, tmp
 
 @pytest.mark.slow
 @needs_shared
+def test_a_sweep_over_axes_with_test_fields_writes_exactly_its_plan(prefect_harness, tmp_path):
+    """The generalised sweep's plan is its run: a recorded cell, two learning rates of one method, K
+    and the test set read through test_fields; every folder written is a planned call and a second
+    plan finds every call stored."""
+    config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
+    renamed, fields = renamed_test_set(config.test_sets["id"], tmp_path / "id.jsonl")
+    config = SweepConfig.model_validate(
+        config.model_dump()
+        | {
+            "teachers": [],
+            "cot_formats": [],
+            "granularities": [],
+            "test_sets": {"id": renamed},
+            "test_fields": {"id": fields},
+            "recorded": [svamp_cell(tmp_path, "SVAMP_ChatGPT_level1_ranked.json", rows=8).model_dump()],
+            "methods": {"std_cot": config.methods["std_cot"].model_dump()},
+            "axes": {"select.k": [1], "train.loop.learning_rate": [1e-3, 3e-3]},
+        }
+    )
+    labels = written(tmp_path / "store")
+    planned = plan_sweep(config)
+    assert all(c.settings.fields == {"id": fields} for c in planned.calls if c.stage in ("decontaminate", "evaluate"))
+    state = cot_sweep(config, return_state=True)
+    assert state.is_completed(), state.message
+    assert written(tmp_path / "store") - labels == {f"{c.stage}/{c.fingerprint}" for c in planned.calls}
+    assert {row["state"] for row in plan_sweep(config).rows()} == {"stored (cached)"}
+    summary = state.result()
+    assert [r["cell"] for r in summary["results"]] == [
+        "chatgpt/plain-1 [k=1 learning_rate=0.001]",
+        "chatgpt/plain-1 [k=1 learning_rate=0.003]",
+    ]
+    assert summary["best"][0]["runner_up"] and "paired" in summary["best"][0]
+
+
+@pytest.mark.slow
+@needs_shared
 def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(prefect_harness, tmp_path):
     config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
     # The test set is read through test_fields (a user's file under its own column names): the plan

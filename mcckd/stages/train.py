@@ -156,6 +156,9 @@ def run(settings: TrainSettings, out_dir: Path, trainset: Path, work_dir: Path) 
         "resumed_from_step": result.resumed_from,
         "best_step": result.best_step,
         "final_cross_entropy": result.log[-1]["cross_entropy"],
+        # What MCC-KD's term weighs in the loss it optimises: alpha x KL over the total, mean over steps.
+        "consistency_share": sum(settings.loop.alpha * r["consistency"] / r["loss"] for r in result.log if r["loss"])
+        / len(result.log),
         "processes": len(result.weight_hashes),
         "weight_hashes": result.weight_hashes,
         "seconds": result.log[-1]["seconds"],
