@@ -81,14 +81,14 @@ def groups(questions: dict[str, str], n: int | None) -> list[list[str]]:
 
 def held_out(questions: dict[str, dict], settings: HoldoutSettings) -> set[str]:
     """The ids of the validation questions: whole groups, in the order of their members' lowest hash,
-    until ``fraction`` of the questions with a gold answer are in."""
+    each taken if it fits, until ``fraction`` of the questions with a gold answer are in (a group
+    chained together by common phrasing never swallows the training set)."""
     eligible = {q: row["question"] for q, row in questions.items() if answer_kind(row["answer"])}
     ranked = sorted(groups(eligible, settings.group_ngram), key=lambda g: min(rank(settings.seed, q) for q in g))
     target, chosen = round(settings.fraction * len(eligible)), set()
     for group in ranked:
-        if len(chosen) >= target:
-            break
-        chosen.update(group)
+        if len(chosen) + len(group) <= target:
+            chosen.update(group)
     return chosen
 
 
