@@ -53,7 +53,8 @@ def distill(config: DistillConfig) -> dict:
     for (name, seed), student in p.students.items():
         if student.choose is not None:
             chosen.setdefault(name, {})[seed] = student.choose.out
-    metrics["checkpoints"] = report.checkpoint_choices(chosen)
+    if chosen:  # with a validation split
+        metrics["checkpoints"] = report.checkpoint_choices(chosen)
     train_dirs: dict[str, dict[int, Path]] = {}
     for (name, seed), student in p.students.items():
         train_dirs.setdefault(name, {})[seed] = student.train.out
