@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from data_schemas import exit_invalid
 from flows.config import DistillConfig, Overrides, StudentEval, StudentMethod, partial, std_cot_and_mcc_kd
@@ -40,8 +40,22 @@ from mcckd.store import atomic_stage_dir, fingerprint, is_complete, path_fingerp
 from mcckd.teachers import Sampling, TeacherSpec
 from mcckd.training.config import TrainConfig
 
-# cot-factors file -> (CoT format, granularity): plain levels 1/3/5; sub-question, rephrase-and-respond
-# and symbolic at level 3 (the files' own names: BSM, RaR, SYM).
+# Every cot-factors file (arXiv 2502.18001's SVAMP grid) -> (teacher, CoT format, granularity):
+# ChatGPT plain 1-6 and sub-question (BSM), rephrase-and-respond (RaR), symbolic (SYM) at 3 and 5;
+# Gemini plain 1-6; LLaMA plain 1-4; human-written equations.
+COT_FACTOR_FILES = {
+    **{f"SVAMP_ChatGPT_level{n}_ranked.json": ("chatgpt", "plain", str(n)) for n in range(1, 7)},
+    **{
+        f"0_SVAMP_chatgpt_level{n}{code}.json": ("chatgpt", fmt, str(n))
+        for n in (3, 5)
+        for code, fmt in (("BSM", "subq"), ("RaR", "rar"), ("SYM", "symbolic"))
+    },
+    **{f"SVAMP_gemini_level{n}_ranked.json": ("gemini", "plain", str(n)) for n in range(1, 7)},
+    **{f"SVAMP_llama_level{n}_ranked.json": ("llama", "plain", str(n)) for n in range(1, 5)},
+    "svamp_human_annotation.json": ("human", "equation", "1"),
+}
+# The cells make real-sweep distils by default: plain levels 1/3/5; sub-question, rephrase-and-respond
+# and symbolic at level 3 (file -> (CoT format, granularity)).
 COT_FACTOR_CELLS = {
     "SVAMP_ChatGPT_level1_ranked.json": ("plain", "1"),
     "SVAMP_ChatGPT_level3_ranked.json": ("plain", "3"),
@@ -105,6 +119,22 @@ class RealSettings(Overrides):
         "or gsm8k/test.jsonl (all 1,319: about 10 min a model here)",
     )
     evaluation: RealEval = Field(RealEval(), description="longest answer, questions per test set")
+    cells: list[str] = Field(
+        list(COT_FACTOR_CELLS),
+        min_length=1,
+        description="the sweep's cot-factors files (any of flows.real.COT_FACTOR_FILES: the paper's whole SVAMP grid)",
+    )
+    axes: dict[str, list] = Field(
+        {}, description='the sweep\'s further settings to vary (SweepConfig.axes), e.g. {"train.loop.epochs": [2, 4]}'
+    )
+
+    @field_validator("cells")
+    @classmethod
+    def _known_cells(cls, cells: list[str]) -> list[str]:
+        unknown = [c for c in cells if c not in COT_FACTOR_FILES]
+        if unknown:
+            raise ValueError(f"unknown cot-factors cells {unknown}; known: {sorted(COT_FACTOR_FILES)}")
+        return cells
 
 
 def data_files(data: Path, *names: str) -> list[Path]:
@@ -160,14 +190,15 @@ def svamp_labels(data: Path, store: Path) -> Path:
 
 
 def sweep_config(settings: RealSettings, store: Path, report_dir: Path) -> SweepConfig:
-    """The six recorded cot-factors cells, each distilled into the student with Std-CoT (one
-    rationale a question: the files hold one), evaluated on SVAMP dev and ASDiv."""
-    files = data_files(settings.data, *(f"cot-factors/{name}" for name in COT_FACTOR_CELLS))
+    """The recorded cot-factors cells (the six of COT_FACTOR_CELLS by default), each distilled into the
+    student with Std-CoT (one rationale a question: the files hold one) under every variant of
+    ``axes``, evaluated on SVAMP dev and ASDiv."""
+    files = data_files(settings.data, *(f"cot-factors/{name}" for name in settings.cells))
     svamp_dev, asdiv = data_files(settings.data, "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json")
     labels = svamp_labels(settings.data, store)
     cells = [
-        RecordedCell(file=file, teacher="chatgpt", cot_format=fmt, granularity=level, labels=labels)
-        for file, (fmt, level) in zip(files, COT_FACTOR_CELLS.values(), strict=True)
+        RecordedCell(file=file, teacher=teacher, cot_format=fmt, granularity=level, labels=labels)
+        for file, (teacher, fmt, level) in zip(files, map(COT_FACTOR_FILES.get, settings.cells), strict=True)
     ]
     # One rationale a question: twice the questions a batch keeps a step's tokens near the MCC-KD run's.
     loop = settings.loop.model_copy(update={"alpha": 0.0, "questions_per_batch": 2 * settings.loop.questions_per_batch})
@@ -178,6 +209,7 @@ def sweep_config(settings: RealSettings, store: Path, report_dir: Path) -> Sweep
         recorded=cells,
         select=SelectSettings(k=1),
         validation=settings.validation,
+        axes=settings.axes,
         methods={
             "std_cot": StudentMethod(train=TrainSettings(base_model=settings.student, loop=loop), seeds=settings.seeds)
         },
