@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # metrics.json keys that are not models (see mcckd.report.build_metrics).
-NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds", "warnings", "checkpoints"}
+NOT_MODELS = {"per_seed", "ci95", "paired", "counts", "unanswered", "seeds", "warnings", "checkpoints", "authors_split"}
 _DPI = 110
 
 

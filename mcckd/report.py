@@ -265,6 +265,14 @@ def accuracy_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def add_section(report_path: Path, title: str, text: str, table: str) -> None:
+    """A section after a report's accuracy figures (before its "### Every seed"), e.g. another split's rows."""
+    body = report_path.read_text()
+    section = f"### {title}\n\n{text}\n\n{table}\n\n"
+    at = body.find("### Every seed")
+    report_path.write_text(body[:at] + section + body[at:] if at >= 0 else body + "\n" + section)
+
+
 def accuracy_rows(metrics: dict) -> list[dict]:
     """The accuracy table as rows for a Prefect table artifact."""
     return [
