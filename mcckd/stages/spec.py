@@ -24,6 +24,7 @@ class Output:
     file: str
     schema: pa.Schema | None = None  # None: not Parquet (a model folder, JSON, a plot)
     description: str = ""
+    optional: bool = False  # written only under some settings (train's checkpoints: loop.keep_epochs)
 
 
 # Outputs that more than one stage writes, under the same name and schema.

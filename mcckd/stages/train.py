@@ -50,7 +50,9 @@ STAGE = StageSpec(
         "model": Output("model", description="weights and tokenizer (the best dev checkpoint with a dev split)"),
         "rejections": LEDGER,
         "checkpoints": Output(
-            "checkpoints", description="with loop.keep_epochs: epoch-N, the model after each epoch (base's dtype)"
+            "checkpoints",
+            description="with loop.keep_epochs: epoch-N, the model after each epoch (base's dtype)",
+            optional=True,
         ),
         "rendered_examples": Output(
             "rendered_examples.txt", description="the first questions, as the student reads them"
