@@ -128,6 +128,24 @@ def test_every_stage_accounts_for_every_row(tmp_path, case):
         assert verdicts == sorted(expected)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_holdout_accounts_for_every_sample(tmp_path, case):
+    """Each degenerate case through import -> holdout: every sample goes on to judge or is a validation
+    question's; a validation question has a gold answer, and none of its samples goes on."""
+    recorded = tmp_path / f"{case}.json"
+    recorded.write_text(json.dumps(CASES[case]))
+    execute("import", parse_settings("import", None), tmp_path / "import", {"recorded": recorded})
+    samples = output("import", tmp_path / "import")
+    out = tmp_path / "holdout"
+    summary = execute("holdout", parse_settings("holdout", '{"fraction": 0.5}'), out, {"samples": samples})
+    assert summary["samples"] + summary["held_out_samples"] == rows_of(samples)
+    assert summary["samples"] == rows_of(output("holdout", out))
+    validation = pq.read_table(output("holdout", out, "validation")).to_pylist()
+    kept = set(pq.read_table(output("holdout", out), columns=["question_id"]).column(0).to_pylist())
+    assert len(validation) == summary["validation_questions"] and not {v["question_id"] for v in validation} & kept
+    assert all(v["answer"] not in ("", None) for v in validation)
+
+
 EXPECTED_VERDICTS = {
     "zero_rows": [],
     "one_row": ["correct"],

@@ -56,7 +56,10 @@ def scores(name: str, predictions_file: Path, split: str) -> dict:
     predictions = read_table(predictions_file, PREDICTIONS)
     rows = [r for r in predictions.select(["split", "correct"]).to_pylist() if r["split"] == split]
     if not rows:
-        raise InputError(f"{predictions_file}: checkpoint {name!r} was not evaluated on {split!r}")
+        raise InputError(
+            f"{predictions_file}: checkpoint {name!r} has no {split!r} question to be chosen by (the holdout "
+            "stage held out none: raise validation.fraction or give more questions with gold answers)"
+        )
     correct = sum(r["correct"] for r in rows)
     return {"checkpoint": name, "correct": correct, "questions": len(rows), "accuracy": correct / len(rows)}
 
