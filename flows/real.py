@@ -55,6 +55,10 @@ COT_FACTOR_FILES = {
     **{f"SVAMP_llama_level{n}_ranked.json": ("llama", "plain", str(n)) for n in range(1, 5)},
     "svamp_human_annotation.json": ("human", "equation", "1"),
 }
+# The MCC-KD authors' recorded rationales (ten a question, gold answers included) as a sweep cell:
+# what alpha and K are searched on (``"axes": {"select.k": [2, 4], "train.loop.alpha": [...]}``).
+MCCKD_CELL = "mcckd"
+MCCKD_RECORDED = "mcckd/SVAMP/train.json"
 # The cells make real-sweep distils by default: plain levels 1/3/5; sub-question, rephrase-and-respond
 # and symbolic at level 3 (file -> (CoT format, granularity)).
 COT_FACTOR_CELLS = {
@@ -128,7 +132,8 @@ class RealSettings(Overrides):
     cells: list[str] = Field(
         list(COT_FACTOR_CELLS),
         min_length=1,
-        description="the sweep's cot-factors files (any of flows.real.COT_FACTOR_FILES: the paper's whole SVAMP grid)",
+        description="the sweep's cells: cot-factors files (any of flows.real.COT_FACTOR_FILES: the paper's whole "
+        "SVAMP grid), or 'mcckd' (the MCC-KD authors' ten rationales a question)",
     )
     axes: dict[str, list] = Field(
         {}, description='the sweep\'s further settings to vary (SweepConfig.axes), e.g. {"train.loop.epochs": [2, 4]}'
@@ -145,7 +150,7 @@ class RealSettings(Overrides):
     @field_validator("cells")
     @classmethod
     def _known_cells(cls, cells: list[str]) -> list[str]:
-        unknown = [c for c in cells if c not in COT_FACTOR_FILES]
+        unknown = [c for c in cells if c not in COT_FACTOR_FILES and c != MCCKD_CELL]
         if unknown:
             raise ValueError(f"unknown cot-factors cells {unknown}; known: {sorted(COT_FACTOR_FILES)}")
         return cells
@@ -221,17 +226,23 @@ def svamp_labels(data: Path, store: Path) -> Path:
     return out / "labels.json"
 
 
+def recorded_cell(name: str, file: Path, labels: Path) -> RecordedCell:
+    """A sweep cell of ``RealSettings.cells``: the MCC-KD authors' file (labelled), or a cot-factors file
+    (SVAMP's gold answers joined on the question)."""
+    if name == MCCKD_CELL:
+        return RecordedCell(file=file, teacher="mcckd-api", cot_format="plain", granularity="any")
+    teacher, fmt, level = COT_FACTOR_FILES[name]
+    return RecordedCell(file=file, teacher=teacher, cot_format=fmt, granularity=level, labels=labels)
+
+
 def sweep_config(settings: RealSettings, store: Path, report_dir: Path) -> SweepConfig:
     """The recorded cot-factors cells (the six of COT_FACTOR_CELLS by default), each distilled into the
     student with Std-CoT (one rationale a question: the files hold one) under every variant of
     ``axes``, evaluated on SVAMP dev and ASDiv."""
-    files = data_files(settings.data, *(f"cot-factors/{name}" for name in settings.cells))
-    svamp_dev, asdiv = data_files(settings.data, "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json")
+    names = [MCCKD_RECORDED if c == MCCKD_CELL else f"cot-factors/{c}" for c in settings.cells]
+    *files, svamp_dev, asdiv = data_files(settings.data, *names, "mcckd/SVAMP/dev.json", "mcckd/ASDiv/dev.json")
     labels = svamp_labels(settings.data, store)
-    cells = [
-        RecordedCell(file=file, teacher=teacher, cot_format=fmt, granularity=level, labels=labels)
-        for file, (teacher, fmt, level) in zip(files, map(COT_FACTOR_FILES.get, settings.cells), strict=True)
-    ]
+    cells = [recorded_cell(name, file, labels) for name, file in zip(settings.cells, files, strict=True)]
     # One rationale a question: twice the questions a batch keeps a step's tokens near the MCC-KD run's.
     loop = settings.loop.model_copy(update={"alpha": 0.0, "questions_per_batch": 2 * settings.loop.questions_per_batch})
     return SweepConfig(
