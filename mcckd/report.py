@@ -309,8 +309,9 @@ def comparisons(metrics: dict) -> str:
     if not metrics["paired"]:
         return "No paired comparison: the run has one student method (or its methods share no seed)."
     lines = [
-        "| comparison | test set | difference | 95% interval | p (paired bootstrap over seeds and questions) | |",
-        "|---|---|---:|---:|---:|---|",
+        "| comparison | test set | difference | 95% interval | p (paired bootstrap over seeds and questions) "
+        "| seeds ahead | |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     sentences = []
     for key, by_set in metrics["paired"].items():
@@ -318,7 +319,10 @@ def comparisons(metrics: dict) -> str:
             low, high = r["ci95"]
             verdict = "significant" if r["significant"] else "not significant"
             interval = f"[{low:+.3f}, {high:+.3f}]"
-            lines.append(f"| {key} | {name} | {r['difference']:+.3f} | {interval} | {r['p_value']:.3g} | {verdict} |")
+            seeds = f"{r['seeds_won']}/{len(r['per_seed'])}" if "per_seed" in r else "n/a"
+            lines.append(
+                f"| {key} | {name} | {r['difference']:+.3f} | {interval} | {r['p_value']:.3g} | {seeds} | {verdict} |"
+            )
             sentences.append(f"- {stats.describe_comparison(key, name, r)}")
     return "\n".join(lines) + "\n\n" + "\n".join(sentences)
 

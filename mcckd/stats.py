@@ -116,8 +116,11 @@ def paired_comparison(
         difference, low, high, p_value = 0.0, 0.0, 0.0, 1.0
     else:
         difference, low, high, p_value = 0.0, -1.0, 1.0, 1.0
+    per_seed = [float(x) for x in (a.mean(axis=1) - b.mean(axis=1))] if a.shape[1] else [0.0] * a.shape[0]
     return {
         "difference": difference,
+        "per_seed": per_seed,  # a - b on each seed's questions
+        "seeds_won": sum(d > 0 for d in per_seed),  # seeds on which a is ahead
         "ci95": [low, high],
         "confidence": float(confidence),
         "p_value": p_value,

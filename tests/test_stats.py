@@ -139,6 +139,7 @@ def test_a_difference_one_seed_carries_is_not_significant():
     b[1, :10] = b[2, :10] = True
     result = paired_comparison(a, b)
     assert binomtest(60, 80, 0.5).pvalue < 0.001  # what the pooled test said
+    assert result["per_seed"] == pytest.approx([0.3, -0.05, -0.05]) and result["seeds_won"] == 1
     assert result["p_value"] > 0.2
     assert result["ci95"][0] < 0 < result["ci95"][1]
     assert result["significant"] is False
