@@ -101,9 +101,7 @@ def run_here(
         execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
         say_if_reused(stage, Path(out_dir), started, os.getpid())
         return out_dir
-    holder = lock_holder(Path(out_dir))  # the child waits for it; say so here, where it is seen
-    if holder:
-        tqdm.write(f"waiting for stage {stage} (held by {holder.get('host')}:{holder.get('pid')})")
+    announced = announce_wait(stage, Path(out_dir), None)  # the child waits for it; say so here, where it is seen
     # Its own process group: vLLM's engine processes are the child's children, and a child that dies
     # (killed, crashed) would leave them holding their memory. The group goes when the stage ends.
     # Its output (library warnings, its own bars) goes to the stage's log file; the console gets a
@@ -126,6 +124,7 @@ def run_here(
                     code = child.wait(timeout=2)
                     break
                 except subprocess.TimeoutExpired:
+                    announced = announced or announce_wait(stage, Path(out_dir), child.pid)
                     record = read_progress(progress)
                     if record:
                         artifact = report_progress(stage, record, artifact)
@@ -147,6 +146,21 @@ def run_here(
         )
     say_if_reused(stage, Path(out_dir), started, child.pid)
     return out_dir
+
+
+def announce_wait(stage: str, out_dir: Path, child: int | None) -> bool:
+    """Say on the console that another run holds ``out_dir``'s lock (this run's stage waits for it);
+    checked before the child starts and again while it runs, as the other run may take the lock
+    after this one first looked. The child's own process group (``child``) holding it is no wait."""
+    holder = None if is_complete(out_dir) else lock_holder(out_dir)
+    if not holder:
+        return False
+    if child is not None and holder.get("host") == socket.gethostname():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(holder["pid"]) == child:
+                return False
+    tqdm.write(f"waiting for stage {stage} (held by {holder.get('host')}:{holder.get('pid')})")
+    return True
 
 
 def say_if_reused(stage: str, out_dir: Path, started: float, runner: int) -> None:
