@@ -312,8 +312,9 @@ def cot_sweep(config: SweepConfig) -> dict:
     empty_sets = {p.curations[cell][1].materialize.out for cell in empty}
     students = {run: s for run, s in p.students.items() if s.train.inputs["trainset"].path not in empty_sets}
     run_students(config, students)
-    # The references are read against the students: none trained, none evaluated.
-    evaluations = (p.references if students else {}) | {run: p.evaluations[run] for run in students}
+    # The students first (what a search needs), then the references they are read against: none
+    # trained, none evaluated.
+    evaluations = {run: p.evaluations[run] for run in students} | (p.references if students else {})
     evaluated = run_side_by_side(config, evaluations, config.parallel_evals)
 
     cell_runs: dict[tuple[sweep.Cell, str], sweep.CellRuns] = {}
