@@ -42,6 +42,12 @@ def samples(n: int, without_gold: int = 0) -> list[dict]:
     return rows
 
 
+def as_selected(samples: list[dict], path: Path) -> Path:
+    """Sample rows as the select stage would keep them: every one correct (what decontaminate reads)."""
+    extra = {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
+    return write_table([r | extra for r in samples], path, SELECTED)
+
+
 def test_holdout_sets_aside_an_exact_share_of_questions_never_seen_by_training(tmp_path):
     path = write_table(samples(40, without_gold=5), tmp_path / "in.parquet", SAMPLES)
     out = tmp_path / "holdout"
@@ -80,12 +86,7 @@ def test_questions_on_one_story_are_held_out_together_so_decontamination_removes
     held = {q["question_id"] for q in read_table(output("holdout", out, "validation"), QUESTIONS).to_pylist()}
     assert len(held) == 18 == 3 * summary["validation_groups"]  # 20% of 90 = 18: six whole stories
     assert all({f"{q.split('-')[0]}-{j}" for j in range(3)} <= held for q in held)
-    training = read_table(output("holdout", out), SAMPLES).to_pylist()
-    selected = [
-        r | {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
-        for r in training
-    ]
-    sel = write_table(selected, tmp_path / "selected.parquet", SELECTED)
+    sel = as_selected(read_table(output("holdout", out), SAMPLES).to_pylist(), tmp_path / "selected.parquet")
     validation = output("holdout", out, "validation")
     checked = execute(
         "decontaminate", DecontaminateSettings(), tmp_path / "d", {"selected": sel, "validation": validation}
@@ -93,15 +94,7 @@ def test_questions_on_one_story_are_held_out_together_so_decontamination_removes
     assert checked["contaminated"] == {"validation": 0}
     one_by_one = tmp_path / "single"
     execute("holdout", HoldoutSettings(fraction=0.2, group_ngram=None), one_by_one, {"samples": path})
-    singles = read_table(output("holdout", one_by_one), SAMPLES).to_pylist()
-    sel = write_table(
-        [
-            r | {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
-            for r in singles
-        ],
-        tmp_path / "s2.parquet",
-        SELECTED,
-    )
+    sel = as_selected(read_table(output("holdout", one_by_one), SAMPLES).to_pylist(), tmp_path / "s2.parquet")
     lost = execute(
         "decontaminate",
         DecontaminateSettings(),
@@ -130,11 +123,7 @@ def test_validation_questions_are_decontaminated_against_like_a_test_set(tmp_pat
         sample_row("t1", 0, "The answer is 8.") | {"question": f"{story}. How many sweet ones?"},
         sample_row("t2", 0, "The answer is 8.") | {"question": "Jack had 8 pens. How many?"},
     ]
-    rows = [
-        r | {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
-        for r in selected
-    ]
-    sel = write_table(rows, tmp_path / "selected.parquet", SELECTED)
+    sel = as_selected(selected, tmp_path / "selected.parquet")
     val = write_table(
         [{"question_id": "v1", "question": f"{story}. How many salty ones?", "answer": "6"}],
         tmp_path / "validation.parquet",
