@@ -49,15 +49,14 @@ def distill(config: DistillConfig) -> dict:
     n_questions = report.stage_summary(p.source.out)["questions"]
     counts = report.data_counts(n_questions, p.source.out, c.judge.out, c.select.out, c.decontaminate.out)
     metrics = report.build_metrics(evals, counts, baseline=config.baseline_method) | {"warnings": warnings}
+    train_dirs: dict[str, dict[int, Path]] = {}
     chosen: dict[str, dict[int, Path]] = {}
     for (name, seed), student in p.students.items():
+        train_dirs.setdefault(name, {})[seed] = student.train.out
         if student.choose is not None:
             chosen.setdefault(name, {})[seed] = student.choose.out
     if chosen:  # with a validation split
         metrics["checkpoints"] = report.checkpoint_choices(chosen)
-    train_dirs: dict[str, dict[int, Path]] = {}
-    for (name, seed), student in p.students.items():
-        train_dirs.setdefault(name, {})[seed] = student.train.out
     curation = (p.source, *p.curation)
     stage_dirs = {call.stage: call.out for call in curation}
     stage_dirs |= {call.label: call.out for call in p.calls if call not in curation}

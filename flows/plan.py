@@ -218,22 +218,22 @@ def plan_student(
     """train [-> evaluate every epoch on the validation questions -> choose the best]; ``name`` is the
     (cell and) method."""
     asked, run_name = asked_as(settings), f"{name}-seed{seed}"
-    if validation is None:
-        train = train_call(config, settings, trainset, f"train {name} seed {seed}")
-        return Student(train, {}, None, Model(train.ref.input_path, train.fingerprint, asked))
-    settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={"keep_epochs": True})})
+    if validation is not None:  # every epoch is kept, for the choice
+        settings = settings.model_copy(update={"loop": settings.loop.model_copy(update={"keep_epochs": True})})
     train = train_call(config, settings, trainset, f"train {name} seed {seed}")
+    if validation is None:
+        return Student(train, {}, None, Model(train.ref.input_path, train.fingerprint, asked))
     folder = output_ref(train, "checkpoints").input_path
     validations = {
-        name: evaluate_call(
+        checkpoint: evaluate_call(
             config,
-            Model(folder / name, f"{train.fingerprint}/{name}", asked),
-            f"{run_name} {name}",
+            Model(folder / checkpoint, f"{train.fingerprint}/{checkpoint}", asked),
+            f"{run_name} {checkpoint}",
             {"validation": validation},
         )
-        for name in (f"epoch-{e}" for e in range(1, settings.loop.epochs + 1))
+        for checkpoint in (f"epoch-{e}" for e in range(1, settings.loop.epochs + 1))
     }
-    scores = {name: output_ref(call, "predictions") for name, call in validations.items()}
+    scores = {checkpoint: output_ref(call, "predictions") for checkpoint, call in validations.items()}
     inputs = {"checkpoints": output_ref(train, "checkpoints")} | scores
     choose = stage_call(config, "choose", ChooseSettings(), inputs, {}, f"choose {name} seed {seed}")
     return Student(train, validations, choose, Model(choose.ref.input_path, choose.fingerprint, asked))

@@ -79,17 +79,18 @@ def groups(questions: dict[str, str], n: int | None) -> list[list[str]]:
     return list(members.values())
 
 
-def held_out(questions: dict[str, dict], settings: HoldoutSettings) -> set[str]:
+def held_out(questions: dict[str, dict], settings: HoldoutSettings) -> tuple[set[str], int]:
     """The ids of the validation questions: whole groups, in the order of their members' lowest hash,
     each taken if it fits, until ``fraction`` of the questions with a gold answer are in (a group
-    chained together by common phrasing never swallows the training set)."""
+    chained together by common phrasing never swallows the training set); and how many groups it took."""
     eligible = {q: row["question"] for q, row in questions.items() if answer_kind(row["answer"])}
     ranked = sorted(groups(eligible, settings.group_ngram), key=lambda g: min(rank(settings.seed, q) for q in g))
-    target, chosen = round(settings.fraction * len(eligible)), set()
+    target, chosen, taken = round(settings.fraction * len(eligible)), set(), 0
     for group in ranked:
         if len(chosen) + len(group) <= target:
             chosen.update(group)
-    return chosen
+            taken += 1
+    return chosen, taken
 
 
 def run(settings: HoldoutSettings, out_dir: Path, samples: Path) -> dict:
@@ -102,14 +103,14 @@ def run(settings: HoldoutSettings, out_dir: Path, samples: Path) -> dict:
                 f"{samples}: row {i}: question_id {row['question_id']!r} has another question or gold answer "
                 "than its first row"
             )
-    validation = held_out(questions, settings)
+    validation, validation_groups = held_out(questions, settings)
     keep = [q not in validation for q in table.column("question_id").to_pylist()]
     STAGE.write(out_dir, "samples", table.filter(pa.array(keep, pa.bool_())))
     STAGE.write(out_dir, "validation", [questions[q] for q in sorted(validation)])
     return {
         "questions": len(questions) - len(validation),
         "validation_questions": len(validation),
-        "validation_groups": len(groups({q: questions[q]["question"] for q in validation}, settings.group_ngram)),
+        "validation_groups": validation_groups,
         "samples": sum(keep),
         "held_out_samples": len(keep) - sum(keep),
         "without_gold_answer": sum(not answer_kind(row["answer"]) for row in questions.values()),
