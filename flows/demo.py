@@ -21,6 +21,7 @@ from flows.config import DistillConfig, Overrides, RunConfig, StudentEval, parti
 from flows.distill import distill
 from flows.sweep import CellSampling, SweepConfig, cot_sweep
 from mcckd import report, sweep
+from mcckd.cluster import RaySettings
 from mcckd.demo_world.assets import STUDENT_BASE_DIR, TEACHER_DIR
 from mcckd.demo_world.problems import SPLITS, TRAIN_FILE, write_question_sets
 from mcckd.generation import VllmSettings
@@ -50,6 +51,8 @@ DemoSampling = partial(
     num_samples=4,
     sampling=Sampling(temperature=0.8),
     engines=2,
+    backend="local",
+    ray=RaySettings(),
 )
 # Two trainings and two evaluations side by side, one core each.
 SideBySide = partial(
@@ -75,7 +78,9 @@ class DemoSettings(Overrides):
     # Plain-2 walks every sentence of the question, asides included, which is what lets this student
     # walk four events (README: the demo world).
     cot_styles: list[tuple[str, str]] = Field([("plain", "2")], description="(CoT format, granularity) prompts")
-    sample: DemoSampling = Field(DemoSampling(), description="rationales per question, temperature, engines")
+    sample: DemoSampling = Field(
+        DemoSampling(), description="rationales per question, temperature, engines or a Ray cluster"
+    )
     # Walked rationales are long: two a question keep a cold demo within 10 minutes (docs/demo_world.md).
     select: SelectSettings = Field(SelectSettings(k=2), description="K diverse correct rationales per question")
     loop: TrainConfig = Field(

@@ -17,15 +17,21 @@ class Settings(BaseModel):
 # default must therefore never change meaning.
 ADDED_LATER = {"fingerprint": "omit at default"}
 
+# Marks a setting that says where or how a stage runs, never what it makes (the sample stage's Ray
+# cluster writes the rows the local engine writes): always left out of fingerprints, so switching
+# it reuses, and resumes, the same stored folder.
+HOW_IT_RUNS = {"fingerprint": "omit"}
 
-def added_later_at_default(model: BaseModel) -> dict:
-    """The fields (nested models included) that a fingerprint leaves out: ``ADDED_LATER`` ones at their
-    default, as pydantic's ``exclude`` takes them."""
+
+def left_out_of_fingerprints(model: BaseModel) -> dict:
+    """The fields (nested models included) that a fingerprint leaves out: ``HOW_IT_RUNS`` ones, and
+    ``ADDED_LATER`` ones at their default, as pydantic's ``exclude`` takes them."""
     omitted: dict = {}
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        if field.json_schema_extra == ADDED_LATER and value == field.default:
+        marker = field.json_schema_extra
+        if marker == HOW_IT_RUNS or (marker == ADDED_LATER and value == field.default):
             omitted[name] = True
-        elif isinstance(value, BaseModel) and (inner := added_later_at_default(value)):
+        elif isinstance(value, BaseModel) and (inner := left_out_of_fingerprints(value)):
             omitted[name] = inner
     return omitted

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mcckd.settings import added_later_at_default
+from mcckd.settings import left_out_of_fingerprints
 
 MANIFEST = "manifest.json"
 
@@ -39,7 +39,7 @@ def fingerprint(*parts: Any) -> str:
 
     def plain(x: Any) -> Any:
         if isinstance(x, BaseModel):
-            return {"__model__": type(x).__name__, **x.model_dump(mode="json", exclude=added_later_at_default(x))}
+            return {"__model__": type(x).__name__, **x.model_dump(mode="json", exclude=left_out_of_fingerprints(x))}
         if isinstance(x, Path):
             return str(x)
         return x

@@ -9,11 +9,12 @@ so the stage can write the shard to disk while the teacher keeps working. Record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -161,17 +162,33 @@ def run_teacher(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done
 
 
 def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: ShardDone) -> None:
-    """All requests go into one engine, which stays full; a shard is handed back when it completes.
+    with open_teacher(spec) as teacher:  # shut down on exit: the next teacher gets the memory
+        teacher.sample(sampling, shards, done)
 
-    Driving ``LLMEngine`` directly (rather than one ``LLM.generate`` per shard) avoids the idle
-    tail at every shard boundary: shards cost nothing in throughput.
-    """
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
-    with open_llm(resolve_model(spec.model), spec.vllm) as llm:  # shut down on exit: the next teacher gets the memory
-        engine = llm.llm_engine
-        renderer = Renderer(llm.get_tokenizer(), settings=TEACHER_CHAT, source=spec.model) if spec.chat else None
+@contextlib.contextmanager
+def open_teacher(spec: TeacherSpec) -> Iterator[VllmTeacher]:
+    """A vLLM teacher whose engine stays up across :meth:`VllmTeacher.sample` calls (a Ray replica
+    samples shard after shard with one engine)."""
+    with open_llm(resolve_model(spec.model), spec.vllm) as llm:
+        yield VllmTeacher(spec, llm)
+
+
+class VllmTeacher:
+    def __init__(self, spec: TeacherSpec, llm) -> None:
+        self.spec, self.engine = spec, llm.llm_engine
+        self.renderer = Renderer(llm.get_tokenizer(), settings=TEACHER_CHAT, source=spec.model) if spec.chat else None
+
+    def sample(self, sampling: Sampling, shards: list[Shard], done: ShardDone, show_bar: bool = True) -> None:
+        """All requests go into the engine, which stays full; a shard is handed back when it completes.
+
+        Driving ``LLMEngine`` directly (rather than one ``LLM.generate`` per shard) avoids the idle
+        tail at every shard boundary: shards cost nothing in throughput.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.engine
         requests_of = dict(shards)
         results: dict[int, list[list[Completion] | None]] = {}
         final_only = RequestOutputKind.FINAL_ONLY  # one output per request, when all its n samples are done
@@ -179,9 +196,10 @@ def run_vllm(spec: TeacherSpec, sampling: Sampling, shards: list[Shard], done: S
             results[shard_index] = [None] * len(requests)
             for pos, r in enumerate(requests):
                 params = SamplingParams(n=r.n, seed=r.seed, output_kind=final_only, **sampling.model_dump())
-                engine.add_request(f"{shard_index}:{pos}", teacher_prompt(renderer, r.prompt), params)
+                engine.add_request(f"{shard_index}:{pos}", teacher_prompt(self.renderer, r.prompt), params)
         left = {i: len(reqs) for i, reqs in shards}
-        with tqdm(total=sum(left.values()), desc=f"sample {spec.name}", unit="prompt") as bar:
+        desc = f"sample {self.spec.name}"
+        with tqdm(total=sum(left.values()), desc=desc, unit="prompt", disable=not show_bar) as bar:
             while engine.has_unfinished_requests():
                 for out in engine.step():
                     if not out.finished:

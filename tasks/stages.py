@@ -39,12 +39,31 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
     return f"{parameters['stage']}-{parameters['fingerprint']}"
 
 
-def stage_command(stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str) -> list[str]:
-    """``python -m mcckd STAGE ...``, under ``torch.distributed.run`` when settings ask for processes > 1."""
-    processes = getattr(settings, "processes", 1)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    cmd = [*(launcher if processes > 1 else [sys.executable]), "-m", "mcckd", stage, "--out", out_dir]
-    cmd += ["--settings", settings.model_dump_json()]
+def stage_command(
+    stage: str,
+    settings: BaseModel,
+    inputs: dict[str, str],
+    out_dir: str,
+    rendezvous: str | None = None,
+    hosts_store: bool | None = None,
+) -> list[str]:
+    """``python -m mcckd STAGE ...``, under ``torch.distributed.run`` when settings ask for processes > 1
+    (one node) or nodes > 1 (the same command on every node, c10d rendezvous at ``rendezvous``;
+    ``hosts_store`` says whether this node hosts the rendezvous store, None: torchrun guesses)."""
+    processes, nodes = getattr(settings, "processes", 1), getattr(settings, "nodes", 1)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    if nodes > 1:
+        endpoint = rendezvous or settings.rendezvous
+        if not endpoint:
+            raise ValueError(f"{stage}: nodes = {nodes} needs a rendezvous endpoint (host:port on one of the nodes)")
+        # The run's folder names it: every node's launcher joins the same rendezvous, and no other run's.
+        launcher = [*torchrun, f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}"]
+        launcher.append(f"--rdzv_id={Path(out_dir).name}")
+        if hosts_store is not None:
+            launcher.append(f"--rdzv_conf=is_host={int(hosts_store)}")
+    else:
+        launcher = [*torchrun[:3], "--standalone", torchrun[3]] if processes > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "mcckd", stage, "--out", out_dir, "--settings", settings.model_dump_json()]
     return cmd + [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
 
 
@@ -97,6 +116,8 @@ def run_here(
 ) -> str:
     """Run one stage on this machine: in this process, or its own child process if it holds an accelerator."""
     started = time.monotonic()
+    if getattr(settings, "nodes", 1) > 1:
+        return run_on_nodes(stage, settings, inputs, out_dir, fingerprint, started)
     if not STAGES[stage].uses_accelerator:
         execute(stage, settings, Path(out_dir), {k: Path(v) for k, v in inputs.items()})
         say_if_reused(stage, Path(out_dir), started, os.getpid())
@@ -145,6 +166,31 @@ def run_here(
             f"{tail[0] if tail else 'no output'} (log: {log_path})"
         )
     say_if_reused(stage, Path(out_dir), started, child.pid)
+    return out_dir
+
+
+def run_on_nodes(
+    stage: str, settings: BaseModel, inputs: dict[str, str], out_dir: str, fingerprint: str, started: float
+) -> str:
+    """The stage's launcher on ``settings.nodes`` nodes of the Ray cluster, each writing its own log
+    beside the output folder; rank 0 (on whichever node) writes the output to the shared store."""
+    from mcckd.cluster import RaySettings, connected, launch_on_nodes
+
+    log_path = stage_log(Path(out_dir))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with connected(RaySettings()):
+        launch_on_nodes(
+            lambda endpoint, hosts_store: stage_command(stage, settings, inputs, out_dir, endpoint, hosts_store),
+            settings.nodes,
+            settings.processes,
+            settings.rendezvous,
+            log_path,
+        )
+    if not is_complete(Path(out_dir)):
+        raise StageFailed(
+            f"stage {stage} (fingerprint {fingerprint}) on {settings.nodes} nodes left {out_dir} incomplete"
+        )
+    say_if_reused(stage, Path(out_dir), started, os.getpid())
     return out_dir
 
 

@@ -288,3 +288,25 @@ def test_the_run_wrote_its_plan_and_each_stage_its_declared_outputs(first_run):
         if call.stage in ("decontaminate", "evaluate"):  # test_fields reached the stages that read test sets
             assert call.settings.fields == config.test_fields, call.label
     assert all(call.stored for call in plan(config).calls)  # planned again: nothing left to run
+
+
+def test_the_flow_samples_on_a_local_ray_cluster(prefect_harness, tmp_path):
+    """sample.backend = "ray": the stage starts a local cluster (no RAY_ADDRESS here) and two replicas
+    sample the demo teacher; every later stage runs on their rows as on the local backend's."""
+    ray_settings = TINY.model_copy(
+        update={"sample": TINY.sample.model_copy(update={"backend": "ray", "ray": {"replicas": 2}}), "seeds": [0]}
+    )
+    ray_settings = DemoSettings.model_validate(ray_settings.model_dump())
+    store = tmp_path / "store"
+    questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.data_seed)
+    config = demo_config(ray_settings, questions, store, tmp_path / "report")
+    assert config.sample.backend == "ray"
+    state = distill(config, return_state=True)
+    assert state.is_completed()
+    [sample_dir] = store.glob("sample/*/")
+    summary = read_manifest(sample_dir)["summary"]
+    assert summary["samples"] == TINY.train_questions * 3
+    replicas = summary["replicas"]  # as many as there are shards, at most 2
+    assert len(replicas) == min(2, summary["shards"]) and sum(r["shards_done"] for r in replicas) == summary["shards"]
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert {"teacher", "untrained", "std_cot", "mcc_kd"} <= set(metrics) and metrics["seeds"]["mcc_kd"] == [0]

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,11 +28,12 @@ from mcckd.rendering import Renderer
 from mcckd.stages import output, work_dir_for
 from mcckd.stages.materialize import with_answer_sentence
 from mcckd.stages.train import TrainSettings, examples_from_trainset
+from mcckd.store import fingerprint
 from mcckd.training.config import LoraSettings, TrainConfig
 from mcckd.training.data import encode_groups
 from mcckd.training.loop import forward_loss, train_causal_lm
 from mcckd.training.loss import gather_span
-from tasks.stages import stage_command
+from tasks.stages import run_here, stage_command, stage_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,3 +208,67 @@ def test_span_logits_from_hidden_states_equal_gathered_logits(demo_tokenizer, tr
     expected = answer_consistency(gather_span(logits, t["span_positions"]), t["span_mask"], pairs)
     assert parts.consistency.item() > 0
     assert torch.allclose(parts.consistency, expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, trainset) -> Path:
+    """One epoch in one process: what the runs on two nodes must reproduce, step by step."""
+    out = tmp_path_factory.mktemp("one-epoch") / "run"
+    run_train(out, trainset, settings(epochs=1))
+    return out
+
+
+def assert_same_steps(two: list[tuple[int, float, float]], one: list[tuple[int, float, float]]) -> None:
+    assert [s for s, *_ in two] == [s for s, *_ in one] == list(range(1, len(one) + 1))
+    for (step, ce2, kl2), (_, ce1, kl1) in zip(two, one, strict=True):
+        print(f"step {step:2d}: one process CE {ce1:.7f} KL {kl1:.7f} | two nodes CE {ce2:.7f} KL {kl2:.7f}")
+    assert torch.allclose(torch.tensor([r[1:] for r in two]), torch.tensor([r[1:] for r in one]), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow  # two torchrun launchers, one rank each, meeting at a c10d rendezvous
+def test_two_nodes_at_a_c10d_rendezvous_train_as_one_process(tmp_path, trainset, one_epoch):
+    cfg = settings(epochs=1)
+    two_nodes = cfg.model_copy(update={"nodes": 2})
+    assert fingerprint(two_nodes) == fingerprint(cfg)  # where it runs is not what it makes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two-nodes"
+    # What the flow runs on each node (mcckd.cluster.launch_on_nodes): the same command everywhere.
+    command = stage_command("train", two_nodes, {"trainset": str(trainset)}, str(out), f"127.0.0.1:{port}")
+    assert command[1:7] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=1",
+        "--nnodes=2",
+        "--rdzv_backend=c10d",
+        f"--rdzv_endpoint=127.0.0.1:{port}",
+    ]
+    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    ended = [launcher.communicate(timeout=600) for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], ended[0][1][-3000:] + ended[1][1][-3000:]
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["processes"] == 2 and summary["weight_hashes"][0] == summary["weight_hashes"][1]
+    assert_same_steps(losses(out), losses(one_epoch))
+
+
+@pytest.mark.slow  # a two-node Ray cluster of this machine, a torchrun launcher on each node
+def test_the_train_task_launches_torchrun_on_two_nodes_of_a_ray_cluster(tmp_path, trainset, one_epoch):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cfg = settings(epochs=1).model_copy(update={"nodes": 2})
+    out = tmp_path / "on-ray"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    try:
+        assert len({n["NodeID"] for n in ray.nodes() if n["Alive"]}) == 2
+        run_here("train", cfg, {"trainset": str(trainset)}, str(out), fingerprint(cfg))  # the flow's task body
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["processes"] == 2 and summary["weight_hashes"][0] == summary["weight_hashes"][1]
+    assert all(Path(f"{stage_log(out)}.node{i}").is_file() for i in (0, 1))
+    assert_same_steps(losses(out), losses(one_epoch))

