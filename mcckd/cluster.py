@@ -52,6 +52,12 @@ class RaySettings(Settings):
     )
     gpus_per_replica: float = Field(0, ge=0, description="GPUs per replica (set the teacher's tensor_parallel_size)")
     restarts: int = Field(2, ge=0, description="times a replica that dies is restarted and its shard retried")
+    shards_per_call: int = Field(
+        4,
+        ge=1,
+        description="shards a replica's engine is given at once: it stays full across them, idle once per call "
+        "instead of at the end of every shard (each shard is still written as it finishes)",
+    )
 
 
 @contextlib.contextmanager
@@ -147,7 +153,7 @@ def drive(
     shards = ray.data.from_items([{"shard": i} for i in range(len(pending))], override_num_blocks=len(pending))
     done = shards.map_batches(
         ShardSampler,
-        batch_size=1,
+        batch_size=settings.shards_per_call,
         concurrency=min(settings.replicas, len(pending)),
         num_cpus=settings.cpus_per_replica,
         num_gpus=settings.gpus_per_replica or None,
@@ -230,36 +236,43 @@ class ShardSampler:
         os.replace(tmp, self.status_path)
 
     def __call__(self, batch: dict) -> dict:
+        """Samples the batch's shards in one engine, writing each as it completes."""
         from mcckd.teachers import open_teacher
 
-        index = int(batch["shard"][0])
-        shard = self.shards[index]
-        self.status["shard"] = f"{shard.teacher.name}/{shard.path.name}"
+        indices = [int(i) for i in batch["shard"]]
+        in_flight = {i: f"{self.shards[i].teacher.name}/{self.shards[i].path.name}" for i in indices}
+        self.status["shard"] = next(iter(in_flight.values()))
         self.report()
+
+        def write(index: int, completions: list) -> None:
+            self.shards[index].write(completions, self.settings.sampling)
+            del in_flight[index]
+            self.status["shards_done"] += 1
+            self.status["shard"] = next(iter(in_flight.values()), None)  # the one a failure would name
+            self.report()
+
         try:
+            teacher_spec = self.shards[indices[0]].teacher
             if self.teacher is None:
-                if not shard.teacher.vllm.tensor_parallel_size > 1 and not self.uses_gpu():
+                if not teacher_spec.vllm.tensor_parallel_size > 1 and not self.uses_gpu():
                     cores, lock = claim_cores(self.cpus())
                     if lock is not None:
                         self.stack.callback(os.close, lock)
                     os.sched_setaffinity(0, cores)  # before vLLM starts: it binds its threads to these
                     os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-                self.teacher = self.stack.enter_context(open_teacher(shard.teacher))
-            sampling = self.settings.sampling
+                self.teacher = self.stack.enter_context(open_teacher(teacher_spec))
+            n, seed = self.settings.num_samples, self.settings.seed
             self.teacher.sample(
-                sampling,
-                [(index, shard.requests(self.settings.num_samples, self.settings.seed))],
-                lambda _, completions: shard.write(completions, sampling),
+                self.settings.sampling,
+                [(i, self.shards[i].requests(n, seed)) for i in indices],
+                write,
                 show_bar=False,  # the driver counts shards; a bar per shard from every replica is noise
             )
         except Exception as error:
             self.status["error"] = " ".join(str(error).split())[:300] or type(error).__name__
             self.report()
             raise
-        self.status["shards_done"] += 1
-        self.status["shard"] = None
-        self.report()
-        return {"shard": [index]}
+        return {"shard": indices}
 
     @staticmethod
     def uses_gpu() -> bool:

@@ -30,7 +30,7 @@ from tests.demo_questions import questions_file
 
 TEACHER = TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)
 LOCAL = SampleSettings(teachers=[TEACHER], num_samples=2, shard_size=2, seed=5)
-ON_RAY = LOCAL.model_copy(update={"backend": "ray", "ray": RaySettings(replicas=2, restarts=2)})
+ON_RAY = LOCAL.model_copy(update={"backend": "ray", "ray": RaySettings(replicas=2, restarts=2, shards_per_call=2)})
 
 
 def sample_command(settings: SampleSettings, out: Path, questions: Path) -> list[str]:
