@@ -51,18 +51,20 @@ def stage_command(
     (one node) or nodes > 1 (the same command on every node, c10d rendezvous at ``rendezvous``;
     ``hosts_store`` says whether this node hosts the rendezvous store, None: torchrun guesses)."""
     processes, nodes = getattr(settings, "processes", 1), getattr(settings, "nodes", 1)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
     if nodes > 1:
         endpoint = rendezvous or settings.rendezvous
         if not endpoint:
             raise ValueError(f"{stage}: nodes = {nodes} needs a rendezvous endpoint (host:port on one of the nodes)")
         # The run's folder names it: every node's launcher joins the same rendezvous, and no other run's.
-        launcher = [*torchrun, f"--nnodes={nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}"]
-        launcher.append(f"--rdzv_id={Path(out_dir).name}")
+        launcher = [*torchrun, f"--nproc_per_node={processes}", f"--nnodes={nodes}", "--rdzv_backend=c10d"]
+        launcher += [f"--rdzv_endpoint={endpoint}", f"--rdzv_id={Path(out_dir).name}"]
         if hosts_store is not None:
             launcher.append(f"--rdzv_conf=is_host={int(hosts_store)}")
+    elif processes > 1:
+        launcher = [*torchrun, "--standalone", f"--nproc_per_node={processes}"]
     else:
-        launcher = [*torchrun[:3], "--standalone", torchrun[3]] if processes > 1 else [sys.executable]
+        launcher = [sys.executable]
     cmd = [*launcher, "-m", "mcckd", stage, "--out", out_dir, "--settings", settings.model_dump_json()]
     return cmd + [arg for name, path in inputs.items() for arg in ("--in", f"{name}={path}")]
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.demo import SMALL_ENGINE
-from mcckd.cluster import RaySettings
+from mcckd.cluster import RaySettings, failure_line
 from mcckd.demo_world.assets import TEACHER_DIR
 from mcckd.stages import execute, output, work_dir_for
 from mcckd.stages.sample import SampleSettings
@@ -162,3 +162,31 @@ def test_a_replica_that_fails_every_time_stops_the_stage_naming_it_and_the_shard
     shard = r"teacher/prompt00-00000[01]\.parquet"
     assert re.fullmatch(rf"sample: replica \w{{8}} \(.+, pid \d+\) failed on shard {shard}: .+", str(failure.value))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_names_the_replica_that_raised_or_died_on_a_shard_not_on_disk(tmp_path):
+    status_dir = tmp_path / "work" / "replicas"
+    status_dir.mkdir(parents=True)
+    (tmp_path / "work" / "shards" / "teacher").mkdir(parents=True)
+    (tmp_path / "work" / "shards" / "teacher" / "prompt00-000001.parquet").write_bytes(b"")
+    assert failure_line(status_dir, RuntimeError("no actor\nmore")) == (
+        "sample: the Ray job failed before any replica took a shard: no actor"
+    )
+    base = {"host": "node-a", "pid": 7, "starts": 3, "shards_done": 1, "error": None}
+    for replica, shard in (("aaaa", 1), ("bbbb", 2)):  # aaaa's shard is on disk: it was not the one lost
+        status = base | {"replica": replica, "shard": f"teacher/prompt00-00000{shard}.parquet"}
+        (status_dir / f"{replica}.json").write_text(json.dumps(status))
+    assert failure_line(status_dir, RuntimeError("ActorDiedError")) == (
+        "sample: replica bbbb (node-a, pid 7) failed on shard teacher/prompt00-000002.parquet: "
+        "its engine died (restarted 2 times)"
+    )
+    (status_dir / "aaaa.json").write_text(json.dumps(base | {"replica": "aaaa", "shard": "x", "error": "bad config"}))
+    assert failure_line(status_dir, RuntimeError("...")).endswith("failed on shard x: bad config")
+
+
+def test_the_cluster_settings_are_bounded():
+    for bad in ({"replicas": 0}, {"cpus_per_replica": 0}, {"gpus_per_replica": -1}, {"restarts": -1}):
+        with pytest.raises(ValueError):
+            RaySettings(**bad)
+    with pytest.raises(ValueError):
+        SampleSettings(teachers=[TEACHER], backend="slurm")

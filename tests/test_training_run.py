@@ -272,3 +272,28 @@ def test_the_train_task_launches_torchrun_on_two_nodes_of_a_ray_cluster(tmp_path
     assert summary["processes"] == 2 and summary["weight_hashes"][0] == summary["weight_hashes"][1]
     assert all(Path(f"{stage_log(out)}.node{i}").is_file() for i in (0, 1))
     assert_same_steps(losses(out), losses(one_epoch))
+
+
+def test_the_launcher_each_node_runs():
+    one, cfg = settings(), settings().model_copy(update={"processes": 2})
+    assert stage_command("train", one, {}, "/s/train/abc")[1:4] == ["-m", "mcckd", "train"]
+    assert stage_command("train", cfg, {}, "/s/train/abc")[1:5] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+    ]
+    nodes = cfg.model_copy(update={"nodes": 3})
+    with pytest.raises(ValueError, match="nodes = 3 needs a rendezvous endpoint"):
+        stage_command("train", nodes, {}, "/s/train/abc")
+    command = stage_command("train", nodes, {}, "/s/train/abc", "10.0.0.1:29400", hosts_store=False)
+    assert command[3:9] == [
+        "--nproc_per_node=2",
+        "--nnodes=3",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=10.0.0.1:29400",
+        "--rdzv_id=abc",
+        "--rdzv_conf=is_host=0",
+    ]
+    given = nodes.model_copy(update={"rendezvous": "head:29400"})
+    assert "--rdzv_endpoint=head:29400" in stage_command("train", given, {}, "/s/train/abc")
