@@ -23,7 +23,8 @@ from mcckd.stages.train import TrainSettings
 
 CONTAINERS = PROJECT_ROOT / "containers"
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())["services"]
-DEPLOYMENTS = {d["name"]: d for d in yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]}
+PREFECT_FILES = (PROJECT_ROOT / "prefect.yaml", *(CONTAINERS / setup / "prefect.yaml" for setup in ("k8s", "slurm")))
+DEPLOYMENTS = {d["name"]: d for path in PREFECT_FILES for d in yaml.safe_load(path.read_text())["deployments"]}
 TEACHER = {"name": "t", "model": "/models/teacher"}
 
 
@@ -126,5 +127,6 @@ def test_slurm_script_starts_ray_and_a_worker_of_the_stage_slurm_pool():
 
 def test_every_recipe_is_documented():
     readme = (CONTAINERS / "README.md").read_text()
-    for path in ("k8s/raycluster.yaml", "k8s/work-pool.json", "slurm/mcckd.sbatch", "docker-compose.yml"):
+    k8s = ("k8s/raycluster.yaml", "k8s/work-pool.json", "k8s/prefect.yaml")
+    for path in (*k8s, "slurm/mcckd.sbatch", "slurm/prefect.yaml", "docker-compose.yml"):
         assert path in readme, path

@@ -164,7 +164,7 @@ def test_server_refuses_requests_without_credentials(server):
     assert refused.value.code == 401
     assert isinstance(request(f"{api}/flows/filter", {}), list)
     names = {d["name"] for d in request(f"{api}/deployments/filter", {})}
-    assert names == {"distill", "demo", "sweep", "demo-sweep", "redistill", "stage-gpu", "stage-cpu"} | {
+    assert names == {"distill", "demo", "sweep", "demo-sweep", "redistill", "stage-gpu", "stage-cpu", "stage-ray"} | {
         "real",
         "real-sweep",
         "real-self-distill",
