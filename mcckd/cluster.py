@@ -44,7 +44,8 @@ class RaySettings(Settings):
     address: str | None = Field(
         None,
         description="a running cluster: 'auto' (this node belongs to one), 'host:6379' or 'ray://host:10001'; "
-        "None: a local cluster of this machine's cores, started and stopped by the stage",
+        "None: RAY_ADDRESS if set (a deployment's), else a local cluster of this machine's cores, started and "
+        "stopped by the stage",
     )
     replicas: int = Field(1, ge=1, description="vLLM engines, each a Ray actor")
     cpus_per_replica: float = Field(
@@ -62,8 +63,8 @@ class RaySettings(Settings):
 
 @contextlib.contextmanager
 def connected(settings: RaySettings) -> Iterator[None]:
-    """Joins the cluster at ``address`` (left running afterwards), or starts a local one of this
-    process's cores (stopped afterwards)."""
+    """Joins the cluster at ``address`` or ``RAY_ADDRESS`` (left running afterwards), or starts a
+    local one of this process's cores (stopped afterwards)."""
     address = settings.address or os.environ.get("RAY_ADDRESS")  # a deployment's cluster (its job variables)
     if address and address.startswith("ray://") and has_token():
         # A driver turns token authentication on by itself when it finds a token; a Ray client (2.60)
