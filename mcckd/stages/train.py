@@ -12,7 +12,7 @@ that answers the validation questions best. Resumable checkpoints live in the wo
 killed run resumes. Many GPUs (or CPU processes): ``processes = N`` per node (the flow runs
 ``torch.distributed.run --nproc_per_node N -m mcckd train``), DDP; rank 0 writes the output. Many
 nodes: ``nodes = M`` launches ``torchrun --nnodes M`` with c10d rendezvous on each of M nodes (through
-Ray, :func:`mcckd.cluster.run_on_nodes`); the step plan is the same for every world size, so the
+Ray, :func:`mcckd.cluster.launch_on_nodes`); the step plan is the same for every world size, so the
 losses and checkpoints are those of one process.
 """
 
