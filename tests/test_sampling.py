@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +21,7 @@ from mcckd.stages import execute, output, work_dir_for
 from mcckd.stages.sample import PromptSpec, SampleSettings
 from mcckd.teachers import TEACHER_CHAT, TeacherSpec, teacher_prompt
 from tests.demo_questions import questions_file
+from tests.processes import wait_while_running
 
 
 @pytest.mark.slow  # two vLLM engines
@@ -60,10 +60,7 @@ def test_killed_sampling_resumes_with_exactly_one_row_per_sample(tmp_path):
     # A new session, killed as a group below: SIGKILL to the stage alone would orphan vLLM's engine
     # processes, which keep their memory (the flow's task also runs each stage as its own group).
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while len(list(shard_dir.glob("*.parquet"))) < 5:
-        assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before 5 shards"
-        time.sleep(0.05)
+    wait_while_running(proc, lambda: len(list(shard_dir.glob("*.parquet"))) >= 5, "5 shards", 300)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = {p.name: p.read_bytes() for p in shard_dir.glob("*.parquet")}

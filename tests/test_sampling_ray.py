@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,6 +26,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.store import fingerprint
 from mcckd.teachers import TeacherSpec
 from tests.demo_questions import questions_file
+from tests.processes import wait_while_running
 
 TEACHER = TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)
 LOCAL = SampleSettings(teachers=[TEACHER], num_samples=2, shard_size=2, seed=5)
@@ -107,12 +107,11 @@ def test_a_killed_replica_is_restarted_and_every_sample_appears_once(tmp_path, r
     proc = subprocess.Popen(
         sample_command(client, out, q), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.time() + 600
-    victim = None
-    while victim is None:  # a replica that has written a shard and is on its next one: its engine is up
-        assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before a replica was busy"
-        victim = next((s for s in statuses(out) if s["shards_done"] >= 1 and s["shard"]), None)
-        time.sleep(0.05)
+
+    def busy() -> dict | None:  # a replica that has written a shard and is on its next one: its engine is up
+        return next((s for s in statuses(out) if s["shards_done"] >= 1 and s["shard"]), None)
+
+    victim = wait_while_running(proc, busy, "a replica was busy", 600)
     os.kill(victim["pid"], signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0
@@ -130,10 +129,7 @@ def test_a_killed_ray_job_resumes_from_the_written_shards(tmp_path):
     cmd = sample_command(ON_RAY, out, q)
     shard_dir = work_dir_for(out) / "shards" / "teacher"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while len(list(shard_dir.glob("*.parquet"))) < 3:
-        assert proc.poll() is None and time.time() < deadline, "sampling ended or stalled before 3 shards"
-        time.sleep(0.05)
+    wait_while_running(proc, lambda: len(list(shard_dir.glob("*.parquet"))) >= 3, "3 shards", 600)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = [row for p in shard_dir.glob("*.parquet") for row in pq.read_table(p).to_pylist()]
