@@ -9,8 +9,9 @@ teacher never distilled is distilled without an event). The
 stage fingerprints include the teacher's identity, so only what depends on that teacher is
 recomputed (sampling and everything after it; the test sets and the untrained base's evaluation are
 cache hits). ``distill`` records the identities once it succeeded, so a failed run is retried by
-the next one. Runs are serialised by the deployment's concurrency limit: a run triggered by its
-own event finds nothing changed.
+the next one. The event carries the config and the deployment's trigger passes it back, and runs
+are serialised by the deployment's concurrency limit: a run triggered by its own event checks the
+same store and finds nothing changed. An event from elsewhere without a config checks the demo.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def redistill(config: DistillConfig | None = None) -> dict:
         emit_event(
             EVENT,
             resource={"prefect.resource.id": f"mcckd.teacher.{name}", "prefect.resource.name": name},
-            payload={"identity": now[name], "previous": previous},
+            # The config rides along: the deployment's trigger passes it back as the run's parameter,
+            # so the run this event starts checks the same store (not the demo's), and finds it done.
+            payload={"identity": now[name], "previous": previous, "config": config.model_dump(mode="json")},
         )
     if not changed:
         print(f"no teacher changed since the last distillation ({distilled_record(config.store)})")

@@ -78,7 +78,9 @@ def connected(settings: RaySettings) -> Iterator[None]:
     if address:
         ray.init(address=address)  # a ray:// client takes no other arguments that matter here
     else:
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, logging_level="WARNING")
+        # "local": a new cluster of our own, never one a `ray start` left on this machine
+        cores = len(os.sched_getaffinity(0))
+        ray.init(address="local", num_cpus=cores, include_dashboard=False, logging_level="WARNING")
     try:
         yield
     finally:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from data_schemas import InputError
 from mcckd.paths import PROJECT_ROOT
-from mcckd.store import path_fingerprint
+from mcckd.store import path_fingerprint, stage_lock
 
 MODEL_CACHE = PROJECT_ROOT / ".cache" / "models"
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
@@ -91,7 +91,9 @@ def resolve_model(source: str | Path, cache: Path = MODEL_CACHE) -> Path:
         raise ModelSourceError(f"{path}: a model source is a folder or a .gguf file, not a {kind} file")
     out = cache / f"{path.stem}-{path_fingerprint(path)}"
     if not (out / "source.json").is_file():
-        dequantize_gguf(path, out)
+        with stage_lock(out):  # runs side by side dequantise once; the others wait, then read it
+            if not (out / "source.json").is_file():
+                dequantize_gguf(path, out)
     return out
 
 

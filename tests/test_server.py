@@ -283,6 +283,21 @@ def test_distill_and_redistill_through_the_api(server, tmp_path):
     [event] = events["events"]
     assert event["resource"]["prefect.resource.id"] == "mcckd.teacher.demo-teacher"
 
+    # 3. The event starts the deployment again (its trigger) with the config it carries: that run
+    # checks the same store, finds it up to date, and distils nothing (without the config it would
+    # have distilled the demo).
+    ended = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+    deadline = time.time() + 300
+    while True:
+        triggered = [r for r in flow_runs(api, "redistill") if r["id"] != again["id"]]
+        if triggered and triggered[0]["state_type"] in ended:
+            break
+        assert time.time() < deadline, f"the event's run did not end: {triggered}"
+        time.sleep(2)
+    [run] = triggered
+    assert run["state_name"] == "Completed" and run["parameters"]["config"] == json.loads(payload)
+    assert request(f"{api}/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}}) == []
+
 
 # Clicks the tab with this label (the UI's tabs are <li class="p-tab">; a ?tab= in the first URL is
 # reset to the default tab while the page loads).
