@@ -1,32 +1,23 @@
 """Models as inputs: the named SmolLM2-135M-Instruct source (a real Q4_1 GGUF that the set-up
-installs from PyPI) dequantised into a plain folder once, chat-template students trained and
-evaluated on exactly the same prompt tokens, and one-line errors for sources that cannot be used.
+installs from PyPI) dequantised into a plain folder once, its chat template rendered for training
+with the prompt tokens evaluation uses (tests/test_real.py trains and evaluates it through every
+stage), and one-line errors for sources that cannot be used.
 Nothing is mocked; the only model is the real one (no hub)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import pyarrow.parquet as pq
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from flows.demo import SMALL_ENGINE
 from mcckd.models import ModelSourceError, gguf_facts, model_fingerprint, resolve_model, source_file
 from mcckd.rendering import ChatSettings, ChatTemplateError, Renderer
-from mcckd.stages import output
-from mcckd.training.data import encode_example
+from mcckd.stages.train import TrainSettings, examples_from_trainset
+from mcckd.training.data import encode_groups, show_loss_mask
 from mcckd.training.loss import IGNORE_INDEX
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
-
-
-def run_stage(stage: str, settings: dict, given: str, out) -> subprocess.CompletedProcess:
-    """``python -m mcckd STAGE`` as a user runs it."""
-    command = [sys.executable, "-m", "mcckd", stage, "--settings", json.dumps(settings), "--in", given]
-    return subprocess.run([*command, "--out", str(out)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,57 +43,40 @@ def test_the_named_gguf_becomes_a_plain_folder_once(smollm2):
     ]
 
 
-@pytest.mark.slow
-def test_smollm2_trains_and_is_evaluated_on_its_chat_template(smollm2, tmp_path):
-    """Through the command line, as a user runs it: the loss covers only the reply and its
-    <|im_end|>, and evaluation gives vLLM exactly the prompt tokens training used."""
-    rows = [
-        {
-            "question_id": f"q{i}",
-            "question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
-            "answer": str(a + b),
-            "rationales": [f"He has {a} + {b} = {a + b} apples. The answer is {a + b}."],
-            "answer_spans": [{"start": 0, "end": 0}],
-            "teachers": ["t"],
-            "sample_indices": [0],
-        }
-        for i, (a, b) in enumerate([(3, 4), (10, 5)])
-    ]
-    for row in rows:
-        text = row["rationales"][0]
-        row["answer_spans"] = [{"start": len(text) - 1 - len(row["answer"]), "end": len(text) - 1}]
-    from data_schemas import TRAINSET, write_table
-
-    write_table(rows, tmp_path / "trainset_in.parquet", TRAINSET)
-    questions = [{"question": r["question"], "answer": r["answer"]} for r in rows]
-    (tmp_path / "test.json").write_text(json.dumps(questions))
-    train = {"base_model": SMOLLM2, "loop": {"epochs": 1, "questions_per_batch": 2, "learning_rate": 1e-5}}
-    done = run_stage("train", train, f"trainset={tmp_path / 'trainset_in.parquet'}", tmp_path / "student")
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["chat_template"] and summary["rejected"] == 0 and summary["steps"] == 1
-    shown = output("train", tmp_path / "student", "rendered_examples").read_text()
+@pytest.mark.slow  # the fixture dequantises the GGUF the first time
+def test_smollm2_trains_on_its_chat_template_and_is_asked_with_the_same_prompt_tokens(smollm2):
+    """What the train stage renders before its first step (its own functions, on fixed rows): the loss
+    covers only the reply and its <|im_end|>, and the prompt tokens are those evaluation gives vLLM.
+    A real run trains and evaluates SmolLM2 so through the stages (tests/test_real.py)."""
+    rows = []
+    for i, (a, b) in enumerate([(3, 4), (10, 5)]):
+        text = f"He has {a} + {b} = {a + b} apples. The answer is {a + b}."
+        rows.append(
+            {
+                "question_id": f"q{i}",
+                "question": f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+                "rationales": [text],
+                "answer_spans": [{"start": len(text) - 1 - len(str(a + b)), "end": len(text) - 1}],
+            }
+        )
+    train = TrainSettings(base_model=SMOLLM2)  # the defaults: the chat template when there is one
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2))
+    renderer = Renderer(tokenizer, train.template, train.chat, source=SMOLLM2)
+    assert renderer.chat and renderer.stop_token_ids == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    groups, rejected = encode_groups(tokenizer, examples_from_trainset(rows, renderer), train.loop.max_length)
+    assert not rejected and [g[0].group for g in groups] == ["q0", "q1"]
+    shown = show_loss_mask(tokenizer, groups[0][0])  # the train stage's rendered_examples
     assert "<|im_start|>user\nTom has 3 apples" in shown and "Let's think step by step.<|im_end|>" in shown
     assert "<|im_start|>assistant\n[[He has 3 + 4 = 7 apples. The answer is {{7}}.<|im_end|>]]" in shown
 
-    evaluate = {"model": str(output("train", tmp_path / "student", "model")), "model_name": "s", "max_tokens": 48}
-    evaluate["vllm"] = SMALL_ENGINE.model_dump()
-    done = run_stage("evaluate", evaluate, f"svamp={tmp_path / 'test.json'}", tmp_path / "eval")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["chat_template"]
-    predictions = pq.read_table(output("evaluate", tmp_path / "eval", "predictions")).to_pylist()
-    assert len(predictions) == 2 and all(p["generation"] for p in predictions)
-    assert all("<|im_start|>" not in p["generation"] for p in predictions)  # it answered, not role-played
-
-    # The prompt tokens of training are the prompt tokens vLLM was given.
-    tokenizer = AutoTokenizer.from_pretrained(str(output("train", tmp_path / "student", "model")))
-    renderer = Renderer(tokenizer)
-    encoded = encode_example(tokenizer, renderer.example("q0", rows[0]["question"], "x. The answer is 7.", None), 512)
-    prompt = renderer.prompt_ids(rows[0]["question"])
-    assert encoded.input_ids[: len(prompt)] == prompt
-    assert set(encoded.labels[: len(prompt)]) == {IGNORE_INDEX} and IGNORE_INDEX not in encoded.labels[len(prompt) :]
-    assert encoded.input_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>") == renderer.stop_token_ids[0]
-    assert prompt.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
+    # The prompt tokens of training are the prompt tokens vLLM is given (mcckd.stages.evaluate).
+    for row, [encoded] in zip(rows, groups, strict=True):
+        prompt = renderer.prompt_ids(row["question"])
+        assert encoded.input_ids[: len(prompt)] == prompt
+        assert set(encoded.labels[: len(prompt)]) == {IGNORE_INDEX}
+        assert IGNORE_INDEX not in encoded.labels[len(prompt) :]
+        assert encoded.input_ids[-1] == renderer.stop_token_ids[0]
+        assert prompt.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # system, user, assistant
 
 
 def test_a_folder_without_weights_or_tokenizer_is_named(tmp_path):
