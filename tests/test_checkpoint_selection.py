@@ -6,6 +6,8 @@ train stage keeps every epoch, each is scored on the validation questions, ``cho
 
 from __future__ import annotations
 
+import json
+import random
 import shutil
 from pathlib import Path
 
@@ -26,11 +28,13 @@ from data_schemas import (
 from flows.config import DistillConfig, StudentMethod
 from flows.plan import plan
 from mcckd.demo_world.assets import STUDENT_BASE_DIR
+from mcckd.demo_world.problems import TRAIN_FILE, generate_split, write_rationale
 from mcckd.stages import execute, output
 from mcckd.stages.choose import ChooseSettings
 from mcckd.stages.decontaminate import DecontaminateSettings
 from mcckd.stages.export import CARD, ExportSettings
 from mcckd.stages.holdout import HoldoutSettings
+from mcckd.stages.import_recorded import ImportSettings
 from mcckd.stages.train import TrainSettings
 from mcckd.training.config import TrainConfig
 from tests.test_curation_stages import sample_row
@@ -46,6 +50,24 @@ def as_selected(samples: list[dict], path: Path) -> Path:
     """Sample rows as the select stage would keep them: every one correct (what decontaminate reads)."""
     extra = {"predicted_answer": "8", "verdict": "correct", "selection_rank": 0, "max_similarity": 0.0}
     return write_table([r | extra for r in samples], path, SELECTED)
+
+
+def demo_rationales(train: Path, n_train: int, n_test: int, out: Path) -> Path:
+    """Two correct rationales for each question of the demo world's ``train`` file, written as the demo
+    world writes them (plain format, granularities 2 and 3), in the MCC-KD authors' JSON (no labels:
+    the import joins the gold answers from the questions file)."""
+    problems = {p.question: p for p in generate_split("id", n_test + n_train, 0)}  # train = all but the first
+    rng = random.Random(0)
+    records = [
+        {
+            "id": row["question_id"],
+            "instruction": row["question"],
+            "output": [write_rationale(problems[row["question"]], "plain", level, rng) for level in (2, 3)],
+        }
+        for row in read_table(train, QUESTIONS).to_pylist()
+    ]
+    out.write_text(json.dumps(records))
+    return out
 
 
 def test_holdout_sets_aside_an_exact_share_of_questions_never_seen_by_training(tmp_path):
@@ -277,7 +299,9 @@ def test_the_exported_student_loads_with_plain_transformers_and_carries_its_card
 def test_a_run_with_validation_trains_on_no_validation_question_and_keeps_its_best_epoch(prefect_harness, tmp_path):
     """The distill flow with a validation split, end to end (real vLLM, training, Prefect): the folders
     written are exactly the plan's, no validation question reaches training, the kept checkpoint is the
-    best on validation (ties: the earliest), it is the model the test sets evaluate, and it is exported."""
+    best on validation (ties: the earliest), it is the model the test sets evaluate, and it is exported.
+    The rationales are the demo world's own for its training questions (what the demo teacher learned to
+    write), imported: the split is the same on sampled rows, and sampling is tested in test_flow.py."""
     from transformers import AutoModelForCausalLM
 
     from flows.demo import DemoSettings, demo_config, demo_questions
@@ -287,13 +311,17 @@ def test_a_run_with_validation_trains_on_no_validation_question_and_keeps_its_be
     settings = DemoSettings(
         train_questions=12,
         test_questions=3,
-        sample={"num_samples": 3},
         loop={"epochs": 2, "questions_per_batch": 4},
         seeds=[0],
     )
-    config = demo_config(settings, demo_questions.fn(store, 12, 3, 0), store, tmp_path / "report")
-    config = config.model_copy(
-        update={
+    questions = demo_questions.fn(store, 12, 3, 0)
+    config = demo_config(settings, questions, store, tmp_path / "report")
+    config = DistillConfig.model_validate(
+        config.model_dump()
+        | {
+            "sample": None,
+            "recorded": demo_rationales(questions / TRAIN_FILE, 12, 3, tmp_path / "rationales.json"),
+            "recorded_as": ImportSettings(teacher_name="demo-teacher", cot_format="plain", granularity="2"),
             "validation": HoldoutSettings(fraction=0.25),
             "evaluate_teachers": False,
             "students": {"std_cot": config.students["std_cot"]},

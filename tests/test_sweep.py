@@ -1,9 +1,11 @@
 """The CoT-factor sweep: its plan and budget, the recorded SVAMP cells of arXiv 2502.18001 through
-import, judge, select and materialize, and a mixed sweep (sampled and recorded cells) that trains,
-evaluates, reports, writes exactly the folders its plan names (with ``test_fields`` set), and on a
-re-run with one more cell trains only that cell. Real vLLM, Prefect,
-training and Parquet throughout; the recorded SVAMP cells are English, which the demo student's
-tokenizer was not made for, so training on them is tested at this small scale only.
+import, judge, select and materialize, and one store that three sweep runs build on: a recorded cell
+trained and evaluated, writing exactly the folders its plan names (with ``test_fields`` set); a
+re-run with a sampled cell added, which trains only that cell and reports the mixed sweep (sampled
+and recorded cells); and a sweep over axes, which writes exactly the calls of its plan not already
+stored. Real vLLM, Prefect, training and Parquet throughout; the recorded SVAMP cells are English,
+which the demo student's tokenizer was not made for, so training on them is tested at this small
+scale only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from matplotlib.image import imread
 
-from flows.demo import DemoSweep, demo_sweep_config
+from flows.demo import DEMO_TEACHER, DemoSweep, demo_sweep_config
 from flows.real import COT_FACTOR_CELLS, svamp_labels
 from flows.sweep import RecordedCell, SweepConfig, cot_sweep, plan_sweep
 from mcckd.demo_world.assets import TOKENIZER_DIR
@@ -30,7 +32,13 @@ from tests.prefect_runs import task_states
 from tests.shared_data import SHARED_DATA, needs_shared
 
 TINY = DemoSweep(
-    train_questions=6, test_questions=3, cot_formats=["plain"], granularities=["1"], loop={"epochs": 1}, seeds=[0]
+    train_questions=4,
+    test_questions=3,
+    cot_formats=["plain"],
+    granularities=["1"],
+    sample={"num_samples": 2},  # K = 2: a question's two rationales, when both are right
+    loop={"epochs": 1},
+    seeds=[0],
 )
 
 
@@ -149,89 +157,137 @@ def test_recorded_svamp_cells_give_per_cell_data_statistics(prefect_harness, tmp
     assert "chatgpt/symbolic-3" in text and "data statistics only" in text
 
 
-@pytest.mark.slow
-@needs_shared
-def test_a_sweep_over_axes_with_test_fields_writes_exactly_its_plan(prefect_harness, tmp_path):
-    """The generalised sweep's plan is its run: a recorded cell, two learning rates of one method, K
-    and the test set read through test_fields; every folder written is a planned call and a second
-    plan finds every call stored."""
-    config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
-    renamed, fields = renamed_test_set(config.test_sets["id"], tmp_path / "id.jsonl")
+@pytest.fixture(scope="module")
+def recorded_sweep(prefect_harness, tmp_path_factory):
+    """One sweep flow run the two tests below build on (each adds to its store, as a user's next run
+    would): a recorded SVAMP cell (its first 8 rows), trained with Std-CoT and MCC-KD, the test set read
+    through ``test_fields`` (a user's file under its own column names) and no teacher evaluated. Returns
+    the config, its plan, the run's state and the stage folders the run wrote."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    base = demo_sweep_config(TINY, tmp / "store", tmp / "report")
+    renamed, fields = renamed_test_set(base.test_sets["id"], tmp / "id.jsonl")
     config = SweepConfig.model_validate(
-        config.model_dump()
+        base.model_dump()
         | {
             "teachers": [],
             "cot_formats": [],
             "granularities": [],
             "test_sets": {"id": renamed},
             "test_fields": {"id": fields},
-            "recorded": [svamp_cell(tmp_path, "SVAMP_ChatGPT_level1_ranked.json", rows=8).model_dump()],
-            "methods": {"std_cot": config.methods["std_cot"].model_dump()},
-            "axes": {"select.k": [1], "train.loop.learning_rate": [1e-3, 3e-3]},
+            "recorded": [svamp_cell(tmp, "SVAMP_ChatGPT_level1_ranked.json", rows=8).model_dump()],
+            "evaluate_teachers": False,
         }
     )
-    labels = written(tmp_path / "store")
+    labels = written(config.store)  # svamp_cell's stored labels
     planned = plan_sweep(config)
-    assert all(c.settings.fields == {"id": fields} for c in planned.calls if c.stage in ("decontaminate", "evaluate"))
     state = cot_sweep(config, return_state=True)
     assert state.is_completed(), state.message
-    assert written(tmp_path / "store") - labels == {f"{c.stage}/{c.fingerprint}" for c in planned.calls}
+    return config, planned, state, written(config.store) - labels
+
+
+@pytest.mark.slow
+@needs_shared
+def test_a_sweep_over_axes_with_test_fields_writes_exactly_its_plan(recorded_sweep, tmp_path):
+    """The generalised sweep's plan is its run: a recorded cell, two learning rates of one method, K
+    and the test set read through test_fields. On a store that holds another sweep's run, it writes
+    exactly its planned calls that were not stored (one training and its variants' evaluations: the
+    curation, the training at the method's own learning rate and the untrained reference are found by
+    fingerprint), and a second plan finds every call stored."""
+    base, _, _, _ = recorded_sweep
+    fields = base.test_fields["id"]
+    config = SweepConfig.model_validate(
+        base.model_dump()
+        | {
+            "report_dir": tmp_path / "report",
+            "methods": {"std_cot": base.methods["std_cot"].model_dump()},
+            "axes": {"select.k": [2], "train.loop.learning_rate": [2e-3, 3e-3]},
+        }
+    )
+    before = written(config.store)
+    planned = plan_sweep(config)
+    assert all(c.settings.fields == {"id": fields} for c in planned.calls if c.stage in ("decontaminate", "evaluate"))
+    to_run = {f"{c.stage}/{c.fingerprint}": c for c in planned.calls if not c.stored}
+    trained = [c.settings.loop.learning_rate for c in to_run.values() if c.stage == "train"]
+    assert trained == [3e-3] and sorted(c.stage for c in to_run.values()) == ["evaluate", "evaluate", "train"]
+    state = cot_sweep(config, return_state=True)
+    assert state.is_completed(), state.message
+    assert written(config.store) - before == set(to_run)
     assert {row["state"] for row in plan_sweep(config).rows()} == {"stored (cached)"}
     summary = state.result()
     assert [r["cell"] for r in summary["results"]] == [
-        "chatgpt/plain-1 [k=1 learning_rate=0.001]",
-        "chatgpt/plain-1 [k=1 learning_rate=0.003]",
+        "chatgpt/plain-1 [k=2 learning_rate=0.002]",
+        "chatgpt/plain-1 [k=2 learning_rate=0.003]",
     ]
     assert summary["best"][0]["runner_up"] and "paired" in summary["best"][0]
 
 
 @pytest.mark.slow
 @needs_shared
-def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(prefect_harness, tmp_path):
-    config = demo_sweep_config(TINY, tmp_path / "store", tmp_path / "report")
-    # The test set is read through test_fields (a user's file under its own column names): the plan
-    # passes them to decontaminate and evaluate as the run does, so it names exactly the folders written.
-    renamed, fields = renamed_test_set(config.test_sets["id"], tmp_path / "id.jsonl")
-    config = config.model_copy(
-        update={
-            "test_sets": {"id": renamed},
-            "test_fields": {"id": fields},
-            "recorded": [svamp_cell(tmp_path, "SVAMP_ChatGPT_level1_ranked.json", rows=8)],
-        }
-    )
-    labels = written(tmp_path / "store")  # svamp_cell's stored labels
-    planned = plan_sweep(config)
-    first = cot_sweep(config, return_state=True)
-    assert first.is_completed(), first.message
-    assert written(tmp_path / "store") - labels == {f"{c.stage}/{c.fingerprint}" for c in planned.calls}
+def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(recorded_sweep, tmp_path):
+    """A recorded cell's sweep (the fixture's run: the folders it wrote are its plan's), then the same
+    sweep with a sampled cell added: only that cell's sample, curation, trainings and evaluations run,
+    and the mixed sweep (sampled and recorded cells) reports on both."""
+    config, planned, first, wrote = recorded_sweep
+    # The test set is read through test_fields: the plan passes them to decontaminate and evaluate as
+    # the run does, so it names exactly the folders written.
+    assert wrote == {f"{c.stage}/{c.fingerprint}" for c in planned.calls}
     assert {row["state"] for row in plan_sweep(config).rows()} == {"stored (cached)"}
     states = task_states(first)
     assert {k: len(v) for k, v in states.items()} == {
-        "sample": 1,
         "import": 1,
-        "judge": 2,
-        "select": 2,
-        "decontaminate": 2,
-        "materialize": 2,
-        "train": 4,  # 2 cells x 2 methods x 1 seed
-        "evaluate": 6,  # teacher, untrained, 4 students
+        "judge": 1,
+        "select": 1,
+        "decontaminate": 1,
+        "materialize": 1,
+        "train": 2,  # 1 cell x 2 methods x 1 seed
+        "evaluate": 3,  # untrained, 2 students (evaluate_teachers is off)
     }
     assert all(s == "Completed" for v in states.values() for s in v), states
-    summary = first.result()
+
+    # One more cell, beyond the (empty) grid: the demo teacher's plain-1, sampled.
+    more = SweepConfig.model_validate(
+        config.model_dump() | {"teachers": [DEMO_TEACHER.model_dump()], "extra_cells": [("plain", "1")]}
+    )
+    grid = more.model_copy(update={"cot_formats": ["plain"], "granularities": ["1"], "extra_cells": [("subq", "1")]})
+    assert [c.name for c in plan_sweep(grid).sources] == [  # extra cells come after the grid's
+        "demo-teacher/plain-1",
+        "demo-teacher/subq-1",
+        "chatgpt/plain-1",
+    ]
+    before = written(config.store)
+    to_run = {f"{c.stage}/{c.fingerprint}" for c in plan_sweep(more).calls if not c.stored}
+    second = cot_sweep(more, return_state=True)
+    assert second.is_completed(), second.message
+    assert written(config.store) - before == to_run
+    assert {row["state"] for row in plan_sweep(more).rows()} == {"stored (cached)"}
+    states = {k: sorted(v) for k, v in task_states(second).items()}
+    assert states == {
+        "sample": ["Completed"],
+        "import": ["Cached"],
+        **{stage: ["Cached", "Completed"] for stage in ("judge", "select", "decontaminate", "materialize")},
+        "train": ["Cached"] * 2 + ["Completed"] * 2,
+        "evaluate": ["Cached"] * 3 + ["Completed"] * 2,
+    }
+    summary = second.result()
     assert [(r["cell"], r["method"]) for r in summary["results"]] == [
         ("demo-teacher/plain-1", "std_cot"),
         ("demo-teacher/plain-1", "mcc_kd"),
         ("chatgpt/plain-1", "std_cot"),
         ("chatgpt/plain-1", "mcc_kd"),
     ]
+    assert [(d["cell"], d["source"]) for d in summary["data"]] == [
+        ("demo-teacher/plain-1", "sampled"),
+        ("chatgpt/plain-1", "recorded"),
+    ]
     for r in summary["results"]:
         a = r["accuracy"]["id"]
         assert a["ci95"][0] <= a["mean"] <= a["ci95"][1] and r["train_seconds"] > 0
     assert {(b["method"], b["test_set"]) for b in summary["best"]} == {("std_cot", "id"), ("mcc_kd", "id")}
     assert all("paired" in b and 0 <= b["paired"]["p_value"] <= 1 for b in summary["best"])
-    assert len(summary["recommendation"]) == 2 and set(summary["references"]) == {"teacher", "untrained"}
+    assert len(summary["recommendation"]) == 2 and set(summary["references"]) == {"untrained"}
     # The heatmap shows each (cell, method)'s accuracy in its panel: drawn again from the summary, each
     # panel's one cell holds that mean, and the report's PNG has the same pixels.
+    report = more.report_dir
     cells = [Cell(d["teacher"], d["cot_format"], d["granularity"]) for d in summary["data"]]
     again = tmp_path / "heatmap_again.png"
     fig = plot_sweep_heatmaps(summary["results"], cells, "id", again, summary["references"]["untrained"]["id"])
@@ -240,20 +296,11 @@ def test_mixed_sweep_trains_reports_and_adds_a_cell_training_only_that_cell(pref
     for r in summary["results"]:
         grid = np.ma.filled(panels[f"{r['cell'].split('/')[0]} · {r['method']}"].images[0].get_array(), np.nan)
         assert grid.tolist() == [[pytest.approx(r["accuracy"]["id"]["mean"])]]  # one format, one granularity
-    heatmap, expected = imread(tmp_path / "report" / "heatmap_id.png"), imread(again)
+    heatmap, expected = imread(report / "heatmap_id.png"), imread(again)
     assert heatmap.shape == expected.shape and heatmap.std() > 0 and np.abs(heatmap - expected).max() < 1e-6
     untrained = f"untrained: id {summary['references']['untrained']['id']:.3f}"
-    assert untrained in (tmp_path / "report" / "sweep.md").read_text()  # what the cells are read against
-    assert json.loads((tmp_path / "report" / "sweep.json").read_text())["plan"]
-
-    # One more cell: only its sample, curation, trainings and evaluations run; the rest is Cached.
-    more = config.model_copy(update={"extra_cells": [("subq", "1")]})
-    second = cot_sweep(more, return_state=True)
-    states = task_states(second)
-    assert sorted(states["sample"]) == ["Cached", "Completed"] and states["import"] == ["Cached"]
-    assert sorted(states["train"]) == ["Cached"] * 4 + ["Completed"] * 2
-    assert sorted(states["evaluate"]) == ["Cached"] * 6 + ["Completed"] * 2
-    assert len(second.result()["results"]) == 6
+    assert untrained in (report / "sweep.md").read_text()  # what the cells are read against
+    assert json.loads((report / "sweep.json").read_text())["plan"]
 
 
 @pytest.mark.slow  # the Prefect harness and a sweep flow

@@ -25,7 +25,7 @@ from data_schemas import TRAINSET, write_table
 from mcckd.demo_world.assets import STUDENT_BASE_DIR
 from mcckd.demo_world.problems import generate_split, write_rationale
 from mcckd.rendering import Renderer
-from mcckd.stages import output, work_dir_for
+from mcckd.stages import execute, output, work_dir_for
 from mcckd.stages.materialize import with_answer_sentence
 from mcckd.stages.train import TrainSettings, examples_from_trainset
 from mcckd.store import fingerprint
@@ -63,8 +63,11 @@ def write_trainset(path: Path, questions: int, seed: int = 0) -> Path:
     return path
 
 
+EPOCHS, STEPS_PER_EPOCH = 3, 25  # the reference run: 99 training questions (110 less the dev tenth), 4 a step
+
+
 def settings(**loop: object) -> TrainSettings:
-    base = dict(alpha=0.05, epochs=8, questions_per_batch=4, learning_rate=3e-3, checkpoint_every=10)
+    base = dict(alpha=0.05, epochs=EPOCHS, questions_per_batch=4, learning_rate=3e-3, checkpoint_every=10)
     return TrainSettings(base_model=STUDENT_BASE_DIR, loop=TrainConfig(**{**base, **loop}))
 
 
@@ -99,6 +102,13 @@ def trainset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small_trainset(tmp_path_factory) -> Path:
+    """22 questions: one epoch is 6 steps of 4, 4, 4, 4, 3 and 3 questions (an odd batch splits unevenly
+    over two ranks, so the rank weights are exercised)."""
+    return write_trainset(tmp_path_factory.mktemp("small-trainset") / "trainset_in.parquet", questions=22)
+
+
+@pytest.fixture(scope="module")
 def reference(tmp_path_factory, trainset) -> tuple[Path, dict]:
     """An uninterrupted single-process run: what the resumed and the DDP runs must reproduce."""
     out = tmp_path_factory.mktemp("reference") / "run"
@@ -112,8 +122,8 @@ def test_killed_run_resumes_and_its_loss_curve_continues(tmp_path, trainset, ref
     out = tmp_path / "run"
     checkpoints = work_dir_for(out) / "checkpoints"
     proc = subprocess.Popen([sys.executable, *train_command(out, trainset, cfg)], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (checkpoints / "step-30").is_dir():  # mid-epoch: 25 steps an epoch
+    deadline = time.time() + 600  # only a stall guard: a loaded machine is slow to get there
+    while not (checkpoints / "step-30").is_dir():  # mid-epoch (25 steps an epoch), between dev evaluations
         assert proc.poll() is None and time.time() < deadline, "training ended or stalled before step 30"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
@@ -122,7 +132,7 @@ def test_killed_run_resumes_and_its_loss_curve_continues(tmp_path, trainset, ref
 
     summary = run_train(out, trainset, cfg)
     assert 30 <= summary["resumed_from_step"] < ref_summary["steps"]
-    assert summary["steps"] == ref_summary["steps"] == 8 * 25
+    assert summary["steps"] == ref_summary["steps"] == EPOCHS * STEPS_PER_EPOCH
     resumed, uninterrupted = losses(out), losses(ref_out)
     assert [s for s, *_ in resumed] == list(range(1, summary["steps"] + 1))  # no step lost or repeated
     assert torch.allclose(torch.tensor([r[1:] for r in resumed]), torch.tensor([r[1:] for r in uninterrupted]))
@@ -145,25 +155,27 @@ def test_ddp_with_two_cpu_processes_ends_with_identical_weights(tmp_path, trains
     assert summary["allocator"] == "mimalloc"  # each rank re-executed itself under the caching allocator
     assert summary["weight_hashes"][0] == summary["weight_hashes"][1]
     # Each rank takes its share of every batch, weighted, and DDP averages gradients: the same
-    # optimisation as one process up to float summation order. Those 1e-7 differences grow as
-    # between two seeds (measured over seeds 0-2: at most 6e-6 apart in epoch 1, 5e-3 in epoch 2,
-    # 7% in epoch 3, up to 31% by the end), so the first two epochs are compared step by step (a
-    # batch or shuffle that differs from the single process's shows there as 14% or more) and the
-    # end only as a run that learned as much.
+    # optimisation as one process up to float summation order. Over 8 epochs those 1e-7 differences
+    # grew as between two seeds (up to 31% by the end); over these 3 epochs, whose cosine schedule
+    # decays sooner, they stay small. Measured (this file's settings, DDP vs one process, CE per
+    # step, seeds 0-4): at most 2.6e-5 apart in epoch 1 and 2.2e-4 in epochs 2-3, the last epoch's
+    # mean CE 0.31-0.34 of the first's in both. A batch or shuffle that differs from the single
+    # process's shows as a median 4-9% a step (two seeds' runs, epochs 1-2), so every step is
+    # compared: epoch 1 to 1e-4, the rest to 1e-3, and the run must have learned.
     ddp = torch.tensor([r[1] for r in losses(out)])
     single = torch.tensor([r[1] for r in losses(reference[0])])
     assert len(ddp) == len(single) == ref_summary["steps"]
-    assert torch.allclose(ddp[:25], single[:25], rtol=1e-4)
-    assert torch.allclose(ddp[25:50], single[25:50], rtol=3e-2)
-    assert ddp[-25:].mean() < 0.3 * ddp[:25].mean()
-    assert 2 / 3 < ddp[-25:].mean() / single[-25:].mean() < 1.5
+    epoch = STEPS_PER_EPOCH
+    assert torch.allclose(ddp[:epoch], single[:epoch], rtol=1e-4)
+    assert torch.allclose(ddp[epoch:], single[epoch:], rtol=1e-3)
+    assert ddp[-epoch:].mean() < 0.4 * ddp[:epoch].mean()
 
 
 @pytest.mark.slow  # train_causal_lm
 def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    path = write_trainset(tmp_path / "trainset_in.parquet", questions=16, seed=3)
+    path = write_trainset(tmp_path / "trainset_in.parquet", questions=4, seed=3)
     rows = pq.read_table(path).to_pylist()
 
     groups, rejected = encode_groups(demo_tokenizer, examples_from_trainset(rows, Renderer(demo_tokenizer)), 256)
@@ -181,7 +193,7 @@ def test_lora_checkpointing_accumulation_bf16(tmp_path, demo_tokenizer):
         learning_rate=1e-2,
     )
     result = train_causal_lm(base, demo_tokenizer.pad_token_id, groups, cfg, tmp_path / "work")
-    assert len(result.log) == 2 * 4  # 8 batches an epoch, 2 per optimizer step
+    assert len(result.log) == 2 * 1  # 2 batches an epoch, 2 per optimizer step
     assert result.log[-1]["consistency"] > 0
     merged = result.model.state_dict()
     assert not any("lora" in k for k in merged)  # merged: loads as a plain model
@@ -210,11 +222,18 @@ def test_span_logits_from_hidden_states_equal_gathered_logits(demo_tokenizer, tr
     assert torch.allclose(parts.consistency, expected, atol=1e-6)
 
 
+def one_epoch_settings() -> TrainSettings:
+    """One epoch of the small training set, with a resumable checkpoint (every rank's RNG state) mid-run."""
+    return settings(epochs=1, checkpoint_every=3)
+
+
 @pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory, trainset) -> Path:
-    """One epoch in one process: what the runs on two nodes must reproduce, step by step."""
+def one_epoch(tmp_path_factory, small_trainset) -> Path:
+    """One epoch in one process (this one: the train stage as ``python -m mcckd train`` runs it, without
+    starting another interpreter): what the runs on two nodes must reproduce, step by step."""
     out = tmp_path_factory.mktemp("one-epoch") / "run"
-    run_train(out, trainset, settings(epochs=1))
+    summary = execute("train", one_epoch_settings(), out, {"trainset": small_trainset})
+    assert summary["processes"] == 1 and summary["steps"] == 6
     return out
 
 
@@ -226,8 +245,8 @@ def assert_same_steps(two: list[tuple[int, float, float]], one: list[tuple[int, 
 
 
 @pytest.mark.slow  # two torchrun launchers, one rank each, meeting at a c10d rendezvous
-def test_two_nodes_at_a_c10d_rendezvous_train_as_one_process(tmp_path, trainset, one_epoch):
-    cfg = settings(epochs=1)
+def test_two_nodes_at_a_c10d_rendezvous_train_as_one_process(tmp_path, small_trainset, one_epoch):
+    cfg = one_epoch_settings()
     two_nodes = cfg.model_copy(update={"nodes": 2})
     assert fingerprint(two_nodes) == fingerprint(cfg)  # where it runs is not what it makes
     with socket.socket() as s:
@@ -235,7 +254,7 @@ def test_two_nodes_at_a_c10d_rendezvous_train_as_one_process(tmp_path, trainset,
         port = s.getsockname()[1]
     out = tmp_path / "two-nodes"
     # What the flow runs on each node (mcckd.cluster.launch_on_nodes): the same command everywhere.
-    command = stage_command("train", two_nodes, {"trainset": str(trainset)}, str(out), f"127.0.0.1:{port}")
+    command = stage_command("train", two_nodes, {"trainset": str(small_trainset)}, str(out), f"127.0.0.1:{port}")
     assert command[1:7] == [
         "-m",
         "torch.distributed.run",
@@ -244,7 +263,13 @@ def test_two_nodes_at_a_c10d_rendezvous_train_as_one_process(tmp_path, trainset,
         "--rdzv_backend=c10d",
         f"--rdzv_endpoint=127.0.0.1:{port}",
     ]
-    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    # Each "node" gets one of this machine's cores, as the Ray test's nodes (num_cpus=1) do: with
+    # nproc_per_node=1 torchrun leaves the thread count alone, and two ranks of two threads each on
+    # two cores spin against each other (twice the CPU time, measured).
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    launchers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"
+    ]
     ended = [launcher.communicate(timeout=600) for launcher in launchers]
     assert [launcher.returncode for launcher in launchers] == [0, 0], ended[0][1][-3000:] + ended[1][1][-3000:]
     summary = json.loads((out / "manifest.json").read_text())["summary"]
@@ -253,18 +278,18 @@ def test_two_nodes_at_a_c10d_rendezvous_train_as_one_process(tmp_path, trainset,
 
 
 @pytest.mark.slow  # a two-node Ray cluster of this machine, a torchrun launcher on each node
-def test_the_train_task_launches_torchrun_on_two_nodes_of_a_ray_cluster(tmp_path, trainset, one_epoch):
+def test_the_train_task_launches_torchrun_on_two_nodes_of_a_ray_cluster(tmp_path, small_trainset, one_epoch):
     import ray
     from ray.cluster_utils import Cluster
 
-    cfg = settings(epochs=1).model_copy(update={"nodes": 2})
+    cfg = one_epoch_settings().model_copy(update={"nodes": 2})
     out = tmp_path / "on-ray"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     try:
         assert len({n["NodeID"] for n in ray.nodes() if n["Alive"]}) == 2
-        run_here("train", cfg, {"trainset": str(trainset)}, str(out), fingerprint(cfg))  # the flow's task body
+        run_here("train", cfg, {"trainset": str(small_trainset)}, str(out), fingerprint(cfg))  # the flow's task body
     finally:
         ray.shutdown()
         cluster.shutdown()
